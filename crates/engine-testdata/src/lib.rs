@@ -1,0 +1,109 @@
+//! Test support shared by the crates' test suites: where the shared fixtures live, and
+//! fetching of data that is not committed (llama.cpp's tokenizer test vocabularies).
+//!
+//! Data is fetched once into `<workspace>/.cache/testdata` (override with
+//! `ENGINE_TESTDATA_DIR`) through the machine's own `pip`, so whatever package index pip is
+//! configured for is used. Fetching is idempotent and safe when test binaries race: files
+//! are written to a temporary name and renamed into place.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+/// The llama-cpp-python source distribution that vendors the reference llama.cpp.
+pub const LLAMA_CPP_PYTHON: &str = "llama-cpp-python==0.3.36";
+
+static FETCH_LOCK: Mutex<()> = Mutex::new(());
+
+/// The workspace root (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("crate lives in <root>/crates/<name>")
+        .to_path_buf()
+}
+
+/// `../shared/fixtures` beside the workspace root (or `ENGINE_FIXTURES_DIR`).
+pub fn fixtures_dir() -> PathBuf {
+    if let Ok(p) = std::env::var("ENGINE_FIXTURES_DIR") {
+        return PathBuf::from(p);
+    }
+    workspace_root().join("../shared/fixtures")
+}
+
+/// Cache directory for fetched test data.
+pub fn cache_dir() -> PathBuf {
+    let dir = match std::env::var("ENGINE_TESTDATA_DIR") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => workspace_root().join(".cache/testdata"),
+    };
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// The python interpreter to use (`PYTHON` or `python3`).
+pub fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+/// Downloads the llama-cpp-python sdist once and returns its path.
+pub fn llama_cpp_sdist() -> Result<PathBuf, String> {
+    let _g = FETCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = cache_dir().join("sdist");
+    let want = dir.join("llama_cpp_python-0.3.36.tar.gz");
+    if want.exists() {
+        return Ok(want);
+    }
+    let tmp = cache_dir().join(format!("sdist.tmp.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+    run(Command::new(python())
+        .args(["-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python", "-q", "-d"])
+        .arg(&tmp)
+        .arg(LLAMA_CPP_PYTHON))?;
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::rename(tmp.join("llama_cpp_python-0.3.36.tar.gz"), &want).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(want)
+}
+
+/// Directory holding llama.cpp's `ggml-vocab-*.gguf` files with their `.inp`/`.out` vectors,
+/// extracted from the sdist on first use.
+pub fn vocab_dir() -> Result<PathBuf, String> {
+    let dir = cache_dir().join("vocab");
+    if dir.join(".complete").exists() {
+        return Ok(dir);
+    }
+    let sdist = llama_cpp_sdist()?;
+    let _g = FETCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if dir.join(".complete").exists() {
+        return Ok(dir);
+    }
+    let tmp = cache_dir().join(format!("vocab.tmp.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&sdist)
+        .arg("-C")
+        .arg(&tmp)
+        .args(["--wildcards", "--strip-components=4", "*/vendor/llama.cpp/models/ggml-vocab-*"]))?;
+    std::fs::write(tmp.join(".complete"), b"").map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(|e| e.to_string())?;
+    Ok(dir)
+}
