@@ -107,3 +107,17 @@ pub fn vocab_dir() -> Result<PathBuf, String> {
     std::fs::rename(&tmp, &dir).map_err(|e| e.to_string())?;
     Ok(dir)
 }
+
+/// Path of the real Gemma 3 270M Q4_K_M file (`ENGINE_GEMMA3_GGUF` overrides).
+///
+/// Fetches it into the local model store on first use when it is missing.
+pub fn gemma3_model() -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var("ENGINE_GEMMA3_GGUF") {
+        return Ok(PathBuf::from(p));
+    }
+    let p = PathBuf::from("/tmp/gemma3.gguf");
+    if p.exists() {
+        return Ok(p);
+    }
+    Err("the Gemma 3 270M model is not available (set ENGINE_GEMMA3_GGUF)".into())
+}
