@@ -116,25 +116,32 @@ pub fn quant_iq4_nl(src: &[f32], out: &mut [u8]) {
     }
 }
 
-/// MXFP4 encoder: shared exponent so that the largest magnitude fits the top level (6.0),
-/// then the nearest FP4 value per element.
+/// MXFP4 encoder, as ggml's reference: shared exponent `floor(log2(amax)) - 2`, then for each
+/// element the level minimising `|d * level - x|` (first on ties).
 pub fn quant_mxfp4(src: &[f32], out: &mut [u8]) {
     for (x, blk) in src.chunks_exact(32).zip(out.chunks_exact_mut(17)) {
         let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-        // Levels are doubled E2M1 values (max 12), scaled by 2^(e-128).
         let e: u8 = if amax > 0.0 {
-            let exp = (amax / 12.0).log2().ceil() as i32 + 128;
-            exp.clamp(1, 254) as u8
+            (amax.log2().floor() as i32 - 2 + 127).clamp(0, 255) as u8
         } else {
             0
         };
         blk[0] = e;
         let d = e8m0_to_f32_half(e);
-        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let nearest = |v: f32| -> u8 {
+            let mut best = 0;
+            let mut err = f32::INFINITY;
+            for (i, &k) in KVALUES_MXFP4.iter().enumerate() {
+                let e = (d * k as f32 - v).abs();
+                if e < err {
+                    err = e;
+                    best = i;
+                }
+            }
+            best as u8
+        };
         for j in 0..16 {
-            let lo = best_index(&KVALUES_MXFP4, x[j] * id);
-            let hi = best_index(&KVALUES_MXFP4, x[j + 16] * id);
-            blk[1 + j] = lo | (hi << 4);
+            blk[1 + j] = nearest(x[j]) | (nearest(x[j + 16]) << 4);
         }
     }
 }
