@@ -1,0 +1,134 @@
+//! The CPU kernel table: for each weight type, the activation type it multiplies with and
+//! the dot-product routine for the running CPU (after ggml's `type_traits_cpu`).
+//!
+//! Activations are quantized on the fly to the weight's partner type (Q8_0, Q8_1 or Q8_K for
+//! block-quantized weights, F16/BF16/F32 for float weights), so the inner loops are integer
+//! dot products. One generic driver ([`crate::matmul`]) serves every format; a format only
+//! contributes its block decoder here.
+//!
+//! * [`scalar`]: portable reference routines; every SIMD routine is tested against them.
+//! * `avx2` (x86-64, runtime-detected AVX2+FMA+F16C) and `neon` (aarch64).
+
+pub mod act;
+pub mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
+
+use engine_core::DType;
+
+/// `dot(n, w_row, a_row)`: dot product of one weight row and one quantized activation row,
+/// both holding `n` elements in their block formats.
+pub type DotFn = fn(n: usize, w: &[u8], a: &[u8]) -> f32;
+
+/// One row of the table.
+#[derive(Clone, Copy)]
+pub struct Kernel {
+    /// Weight type.
+    pub weight: DType,
+    /// Type the activations are converted to before the dot product.
+    pub act: DType,
+    /// The dot product for this CPU.
+    pub dot: DotFn,
+    /// Name of the implementation (`avx2`, `neon`, `scalar`).
+    pub isa: &'static str,
+}
+
+/// Which instruction set the kernels use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable Rust.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// aarch64 NEON (with the dot-product extension when present).
+    Neon,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+            {
+                return Isa::Avx2;
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("neon") {
+                return Isa::Neon;
+            }
+        }
+        Isa::Scalar
+    }
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Neon => "neon",
+        }
+    }
+}
+
+/// The activation type paired with a weight type, or `None` if the CPU cannot multiply it.
+pub fn act_type(weight: DType) -> Option<DType> {
+    Some(match weight {
+        DType::F32 => DType::F32,
+        DType::F16 => DType::F16,
+        DType::BF16 => DType::BF16,
+        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 | DType::IQ4_NL | DType::MXFP4 => DType::Q8_0,
+        DType::Q4_1 | DType::Q5_1 => DType::Q8_1,
+        DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::IQ4_XS => DType::Q8_K,
+        _ => return None,
+    })
+}
+
+/// The kernel for `weight` on instruction set `isa` (falling back to scalar per type).
+pub fn kernel(weight: DType, isa: Isa) -> Option<Kernel> {
+    let act = act_type(weight)?;
+    let simd: Option<DotFn> = match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::dot_fn(weight),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => neon::dot_fn(weight),
+        _ => None,
+    };
+    let (dot, isa_name) = match simd {
+        Some(f) => (f, isa.name()),
+        None => (scalar::dot_fn(weight)?, "scalar"),
+    };
+    Some(Kernel {
+        weight,
+        act,
+        dot,
+        isa: isa_name,
+    })
+}
+
+/// Every weight type the CPU backend can multiply.
+pub const SUPPORTED: &[DType] = &[
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q2_K,
+    DType::Q3_K,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+    DType::IQ4_NL,
+    DType::IQ4_XS,
+    DType::MXFP4,
+];
