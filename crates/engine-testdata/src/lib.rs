@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+pub mod logits;
+
 /// The llama-cpp-python source distribution that vendors the reference llama.cpp.
 pub const LLAMA_CPP_PYTHON: &str = "llama-cpp-python==0.3.36";
 
@@ -38,12 +40,15 @@ pub fn cache_dir() -> PathBuf {
         Ok(p) => PathBuf::from(p),
         Err(_) => workspace_root().join(".cache/testdata"),
     };
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     dir
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "{cmd:?} failed ({}):\n{}\n{}",
@@ -72,11 +77,21 @@ pub fn llama_cpp_sdist() -> Result<PathBuf, String> {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
     run(Command::new(python())
-        .args(["-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python", "-q", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            "llama-cpp-python",
+            "-q",
+            "-d",
+        ])
         .arg(&tmp)
         .arg(LLAMA_CPP_PYTHON))?;
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    std::fs::rename(tmp.join("llama_cpp_python-0.3.36.tar.gz"), &want).map_err(|e| e.to_string())?;
+    std::fs::rename(tmp.join("llama_cpp_python-0.3.36.tar.gz"), &want)
+        .map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(want)
 }
@@ -101,7 +116,11 @@ pub fn vocab_dir() -> Result<PathBuf, String> {
         .arg(&sdist)
         .arg("-C")
         .arg(&tmp)
-        .args(["--wildcards", "--strip-components=4", "*/vendor/llama.cpp/models/ggml-vocab-*"]))?;
+        .args([
+            "--wildcards",
+            "--strip-components=4",
+            "*/vendor/llama.cpp/models/ggml-vocab-*",
+        ]))?;
     std::fs::write(tmp.join(".complete"), b"").map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir).map_err(|e| e.to_string())?;

@@ -1,0 +1,235 @@
+//! Per-session state: the KV cache (one slot of `n_ctx` positions per sequence), sequence
+//! lengths, and the model's preallocated scratch buffers.
+//!
+//! The cache row of position `p` of sequence `s` is `s * n_ctx + p`, so a sequence's keys
+//! are contiguous and attention needs only a base row and a position per query.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use engine_core::{Backend, DType, Tensor};
+
+use crate::batch::Batch;
+use crate::error::{ModelError, Result};
+
+/// Sizes of a context.
+#[derive(Clone, Debug)]
+pub struct ContextOptions {
+    /// Positions per sequence.
+    pub n_ctx: usize,
+    /// Sequences held at once (parallel slots).
+    pub n_seq: usize,
+    /// Most tokens evaluated per internal step (larger batches are split).
+    pub n_batch: usize,
+    /// Storage type of the KV cache (F16 or F32).
+    pub kv_type: DType,
+}
+
+impl Default for ContextOptions {
+    fn default() -> Self {
+        ContextOptions {
+            n_ctx: 4096,
+            n_seq: 1,
+            n_batch: 512,
+            kv_type: DType::F16,
+        }
+    }
+}
+
+/// Cached keys and values of one attention layer: `[n_seq * n_ctx, n_kv_head * head_dim]`.
+pub struct LayerKv {
+    /// Keys.
+    pub k: Tensor,
+    /// Values.
+    pub v: Tensor,
+}
+
+/// A model's mutable state for one or more sequences.
+pub struct Context {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) opts: ContextOptions,
+    pub(crate) seq_len: Vec<usize>,
+    pub(crate) kv: Vec<Option<LayerKv>>,
+    pub(crate) scratch: Option<Box<dyn Any + Send>>,
+    pending: Vec<(u32, usize)>,
+}
+
+impl Context {
+    /// Makes a context with a KV cache for the given layers (`None` = no cache for a layer).
+    pub(crate) fn new(
+        backend: Arc<dyn Backend>,
+        opts: ContextOptions,
+        kv_widths: &[Option<(usize, usize)>],
+    ) -> Result<Context> {
+        if opts.n_ctx == 0 || opts.n_seq == 0 || opts.n_batch == 0 {
+            return Err(ModelError::Input("context sizes must be positive".into()));
+        }
+        if !matches!(opts.kv_type, DType::F16 | DType::F32) {
+            return Err(ModelError::Input(format!(
+                "KV cache type {} is not supported (use f16 or f32)",
+                opts.kv_type
+            )));
+        }
+        let rows = opts
+            .n_ctx
+            .checked_mul(opts.n_seq)
+            .ok_or_else(|| ModelError::Input("context too large".into()))?;
+        let mut kv = Vec::with_capacity(kv_widths.len());
+        for w in kv_widths {
+            kv.push(match w {
+                Some((kw, vw)) => Some(LayerKv {
+                    k: backend.alloc(opts.kv_type, &[rows, *kw])?,
+                    v: backend.alloc(opts.kv_type, &[rows, *vw])?,
+                }),
+                None => None,
+            });
+        }
+        Ok(Context {
+            backend,
+            seq_len: vec![0; opts.n_seq],
+            pending: Vec::with_capacity(opts.n_seq),
+            opts,
+            kv,
+            scratch: None,
+        })
+    }
+
+    /// Bytes a KV cache of these sizes takes.
+    pub fn kv_bytes_for(opts: &ContextOptions, kv_widths: &[Option<(usize, usize)>]) -> u64 {
+        let per_elem = opts.kv_type.type_size() as u64;
+        let rows = (opts.n_ctx * opts.n_seq) as u64;
+        kv_widths
+            .iter()
+            .flatten()
+            .map(|(k, v)| rows * (*k + *v) as u64 * per_elem)
+            .sum()
+    }
+
+    /// The sizes this context was made with.
+    pub fn options(&self) -> &ContextOptions {
+        &self.opts
+    }
+
+    /// Positions per sequence.
+    pub fn n_ctx(&self) -> usize {
+        self.opts.n_ctx
+    }
+
+    /// Number of sequence slots.
+    pub fn n_seq(&self) -> usize {
+        self.opts.n_seq
+    }
+
+    /// Tokens currently cached for sequence `seq`.
+    pub fn seq_len(&self, seq: usize) -> usize {
+        self.seq_len[seq]
+    }
+
+    /// Forgets sequence `seq` (its slot can be reused at once).
+    pub fn clear_seq(&mut self, seq: usize) {
+        self.seq_len[seq] = 0;
+    }
+
+    /// Keeps only the first `len` positions of `seq` (rollback after rejected drafts).
+    pub fn truncate_seq(&mut self, seq: usize, len: usize) {
+        self.seq_len[seq] = self.seq_len[seq].min(len);
+    }
+
+    /// Copies the first `len` cached positions of `src` into `dst` (prefix reuse).
+    pub fn copy_prefix(&mut self, src: usize, dst: usize, len: usize) -> Result<()> {
+        if src >= self.n_seq() || dst >= self.n_seq() || len > self.seq_len[src] {
+            return Err(ModelError::Input(format!(
+                "copy_prefix {src}->{dst} of {len}"
+            )));
+        }
+        if src != dst {
+            let n_ctx = self.opts.n_ctx;
+            for l in self.kv.iter_mut().flatten() {
+                self.backend
+                    .kv_copy(&mut l.k, src * n_ctx, dst * n_ctx, len)?;
+                self.backend
+                    .kv_copy(&mut l.v, src * n_ctx, dst * n_ctx, len)?;
+            }
+        }
+        self.seq_len[dst] = len;
+        Ok(())
+    }
+
+    /// Fraction of the cache holding live positions.
+    pub fn kv_usage(&self) -> f64 {
+        let used: usize = self.seq_len.iter().sum();
+        used as f64 / (self.opts.n_ctx * self.opts.n_seq) as f64
+    }
+
+    /// Bytes held by the KV cache.
+    pub fn kv_bytes(&self) -> u64 {
+        Self::kv_bytes_for(
+            &self.opts,
+            &self
+                .kv
+                .iter()
+                .map(|l| l.as_ref().map(|l| (l.k.cols(), l.v.cols())))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// Checks that a batch extends its sequences contiguously and fits the context; returns
+    /// nothing but records the new lengths, applied by [`Context::commit`].
+    pub(crate) fn validate(&mut self, batch: &Batch, n_vocab: usize) -> Result<()> {
+        let n = batch.tokens.len();
+        if batch.pos.len() != n || batch.seq.len() != n || batch.output.len() != n {
+            return Err(ModelError::Input("batch arrays differ in length".into()));
+        }
+        self.pending.clear();
+        for i in 0..n {
+            let (t, p, s) = (batch.tokens[i], batch.pos[i] as usize, batch.seq[i]);
+            if t as usize >= n_vocab {
+                return Err(ModelError::Input(format!(
+                    "token id {t} is outside the vocabulary of {n_vocab}"
+                )));
+            }
+            if s as usize >= self.opts.n_seq {
+                return Err(ModelError::Input(format!(
+                    "sequence {s} but the context has {} slots",
+                    self.opts.n_seq
+                )));
+            }
+            if p >= self.opts.n_ctx {
+                return Err(ModelError::ContextFull(format!(
+                    "position {p} is past the context size of {} tokens",
+                    self.opts.n_ctx
+                )));
+            }
+            let cur = match self.pending.iter_mut().find(|(q, _)| *q == s) {
+                Some((_, len)) => {
+                    if p != *len {
+                        return Err(ModelError::Input(format!(
+                            "sequence {s}: position {p} does not follow {} in the same batch",
+                            *len - 1
+                        )));
+                    }
+                    len
+                }
+                None => {
+                    if p > self.seq_len[s as usize] {
+                        return Err(ModelError::Input(format!(
+                            "sequence {s}: position {p} leaves a gap after {} cached tokens",
+                            self.seq_len[s as usize]
+                        )));
+                    }
+                    self.pending.push((s, p));
+                    &mut self.pending.last_mut().expect("just pushed").1
+                }
+            };
+            *cur = p + 1;
+        }
+        Ok(())
+    }
+
+    /// Applies the lengths recorded by the last [`Context::validate`].
+    pub(crate) fn commit(&mut self) {
+        for &(s, len) in &self.pending {
+            self.seq_len[s as usize] = len;
+        }
+    }
+}
