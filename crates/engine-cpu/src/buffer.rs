@@ -107,17 +107,26 @@ impl DeviceBuffer for CpuWeight {
 
 /// The CPU buffer behind an activation tensor.
 pub fn cpu(t: &Tensor) -> Result<&CpuBuffer> {
-    t.buffer().as_any().downcast_ref().ok_or(Error::WrongBackend("CPU"))
+    t.buffer()
+        .as_any()
+        .downcast_ref()
+        .ok_or(Error::WrongBackend("CPU"))
 }
 
 /// The CPU buffer behind an activation tensor, mutable.
 pub fn cpu_mut(t: &mut Tensor) -> Result<&mut CpuBuffer> {
-    t.buffer_mut().as_any_mut().downcast_mut().ok_or(Error::WrongBackend("CPU"))
+    t.buffer_mut()
+        .as_any_mut()
+        .downcast_mut()
+        .ok_or(Error::WrongBackend("CPU"))
 }
 
 /// The CPU storage behind a weight.
 pub fn cpu_weight(w: &Weight) -> Result<&CpuWeight> {
-    w.buffer().as_any().downcast_ref().ok_or(Error::WrongBackend("CPU"))
+    w.buffer()
+        .as_any()
+        .downcast_ref()
+        .ok_or(Error::WrongBackend("CPU"))
 }
 
 /// The first `t.shape().numel()` f32 values of an F32 tensor.

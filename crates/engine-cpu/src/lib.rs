@@ -68,7 +68,12 @@ impl CpuBackend {
     }
 
     /// Runs `f(row_start, row_end)` over `rows` split across the pool.
-    fn par_rows(&self, rows: usize, min_rows_for_threads: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+    fn par_rows(
+        &self,
+        rows: usize,
+        min_rows_for_threads: usize,
+        f: &(dyn Fn(usize, usize) + Sync),
+    ) {
         if rows < min_rows_for_threads || self.pool.n_threads() == 1 {
             f(0, rows);
             return;
@@ -93,14 +98,18 @@ fn cache_rows_of(t: &Tensor) -> Result<ops::attention::Rows<'_>> {
         DType::F16 => {
             let b = cpu(t)?.bytes();
             // SAFETY: the buffer is 64-byte aligned and u16 has no invalid bit patterns.
-            ops::attention::Rows::F16(unsafe { std::slice::from_raw_parts(b.as_ptr() as *const u16, b.len() / 2) })
+            ops::attention::Rows::F16(unsafe {
+                std::slice::from_raw_parts(b.as_ptr() as *const u16, b.len() / 2)
+            })
         }
         other => return Err(Error::UnsupportedType(other)),
     })
 }
 
 fn weight_f32<'a>(w: &'a Weight, what: &str) -> Result<&'a [f32]> {
-    check(w.dtype() == DType::F32, || format!("{what} must be F32, '{}' is {}", w.name(), w.dtype()))?;
+    check(w.dtype() == DType::F32, || {
+        format!("{what} must be F32, '{}' is {}", w.name(), w.dtype())
+    })?;
     Ok(cpu_weight(w)?.f32s())
 }
 
@@ -117,11 +126,20 @@ impl Backend for CpuBackend {
         kernels::SUPPORTED.contains(&dtype)
     }
 
-    fn load_weight(&self, name: &str, dtype: DType, shape: &[usize], data: HostBytes) -> Result<Weight> {
+    fn load_weight(
+        &self,
+        name: &str,
+        dtype: DType,
+        shape: &[usize],
+        data: HostBytes,
+    ) -> Result<Weight> {
         let shape = Shape::new(shape)?;
         let need = tensor_bytes(dtype, &shape)?;
         check(data.len() == need, || {
-            format!("weight '{name}': {} bytes given, {need} expected for {dtype} {shape:?}", data.len())
+            format!(
+                "weight '{name}': {} bytes given, {need} expected for {dtype} {shape:?}",
+                data.len()
+            )
         })?;
         if engine_core::quant::dequant_fn(dtype).is_none() {
             return Err(Error::Backend(format!(
@@ -147,14 +165,18 @@ impl Backend for CpuBackend {
 
     fn write_f32(&self, dst: &mut Tensor, src: &[f32]) -> Result<()> {
         let d = f32s_mut(dst)?;
-        check(src.len() <= d.len(), || format!("write of {} values into {}", src.len(), d.len()))?;
+        check(src.len() <= d.len(), || {
+            format!("write of {} values into {}", src.len(), d.len())
+        })?;
         d[..src.len()].copy_from_slice(src);
         Ok(())
     }
 
     fn read_f32(&self, src: &Tensor, dst: &mut [f32]) -> Result<()> {
         let s = f32s(src)?;
-        check(dst.len() <= s.len(), || format!("read of {} values from {}", dst.len(), s.len()))?;
+        check(dst.len() <= s.len(), || {
+            format!("read of {} values from {}", dst.len(), s.len())
+        })?;
         dst.copy_from_slice(&s[..dst.len()]);
         Ok(())
     }
@@ -163,10 +185,16 @@ impl Backend for CpuBackend {
         let cols = table.cols();
         let rows = table.rows();
         check(out.cols() == cols && out.rows() == ids.len(), || {
-            format!("embed into {:?} from {} ids of width {cols}", out.shape(), ids.len())
+            format!(
+                "embed into {:?} from {} ids of width {cols}",
+                out.shape(),
+                ids.len()
+            )
         })?;
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= rows) {
-            return Err(Error::Shape(format!("token id {bad} is outside the vocabulary of {rows}")));
+            return Err(Error::Shape(format!(
+                "token id {bad} is outside the vocabulary of {rows}"
+            )));
         }
         let dt = table.dtype();
         let row_bytes = dt.row_bytes(cols).ok_or(Error::UnsupportedType(dt))?;
@@ -188,7 +216,13 @@ impl Backend for CpuBackend {
     fn matmul(&self, x: &Tensor, w: &Weight, out: &mut Tensor) -> Result<()> {
         let (n, k, m) = (x.rows(), x.cols(), w.rows());
         check(w.cols() == k && out.cols() == m && out.rows() == n, || {
-            format!("matmul {:?} x {}{:?}^T into {:?}", x.shape(), w.name(), w.shape(), out.shape())
+            format!(
+                "matmul {:?} x {}{:?}^T into {:?}",
+                x.shape(),
+                w.name(),
+                w.shape(),
+                out.shape()
+            )
         })?;
         let kern = kernels::kernel(w.dtype(), self.isa).ok_or(Error::UnsupportedType(w.dtype()))?;
         let xs = f32s(x)?;
@@ -201,7 +235,9 @@ impl Backend for CpuBackend {
     fn add_bias(&self, x: &mut Tensor, bias: &Weight) -> Result<()> {
         let b = weight_f32(bias, "bias")?;
         let cols = x.cols();
-        check(b.len() == cols, || format!("bias of {} for rows of {cols}", b.len()))?;
+        check(b.len() == cols, || {
+            format!("bias of {} for rows of {cols}", b.len())
+        })?;
         for row in f32s_mut(x)?.chunks_exact_mut(cols) {
             for (v, bb) in row.iter_mut().zip(b) {
                 *v += bb;
@@ -212,12 +248,15 @@ impl Backend for CpuBackend {
 
     fn rms_norm(&self, x: &Tensor, w: Option<&Weight>, eps: f32, out: &mut Tensor) -> Result<()> {
         let cols = x.cols();
-        check(out.shape().numel() == x.shape().numel() && out.cols() == cols, || {
-            format!("rms_norm {:?} into {:?}", x.shape(), out.shape())
-        })?;
+        check(
+            out.shape().numel() == x.shape().numel() && out.cols() == cols,
+            || format!("rms_norm {:?} into {:?}", x.shape(), out.shape()),
+        )?;
         let w = w.map(|w| weight_f32(w, "norm weight")).transpose()?;
         if let Some(w) = w {
-            check(w.len() == cols, || format!("norm weight of {} for rows of {cols}", w.len()))?;
+            check(w.len() == cols, || {
+                format!("norm weight of {} for rows of {cols}", w.len())
+            })?;
         }
         let xs = f32s(x)?;
         let os = f32s_mut(out)?;
@@ -237,7 +276,9 @@ impl Backend for CpuBackend {
         let rows = x.rows();
         let w = w.map(|w| weight_f32(w, "norm weight")).transpose()?;
         if let Some(w) = w {
-            check(w.len() == cols, || format!("norm weight of {} for rows of {cols}", w.len()))?;
+            check(w.len() == cols, || {
+                format!("norm weight of {} for rows of {cols}", w.len())
+            })?;
         }
         let xs = f32s_mut(x)?;
         let xp = SendPtr(xs.as_mut_ptr());
@@ -283,7 +324,11 @@ impl Backend for CpuBackend {
         self.par_rows(rows, 4, &|a, b| {
             // SAFETY: disjoint rows per task.
             let gs = unsafe { gp.slice(a * cols, (b - a) * cols) };
-            let us = if gated { &u[a * cols..b * cols] } else { &[][..] };
+            let us = if gated {
+                &u[a * cols..b * cols]
+            } else {
+                &[][..]
+            };
             ops::activation::glu_row(act, gs, us);
         });
         Ok(())
@@ -292,14 +337,33 @@ impl Backend for CpuBackend {
     fn rope(&self, x: &mut Tensor, pos: &[u32], spec: &RopeSpec) -> Result<()> {
         let width = spec.n_head * spec.head_dim;
         check(x.cols() == width && x.rows() == pos.len(), || {
-            format!("rope on {:?} with {} positions, {} heads of {}", x.shape(), pos.len(), spec.n_head, spec.head_dim)
+            format!(
+                "rope on {:?} with {} positions, {} heads of {}",
+                x.shape(),
+                pos.len(),
+                spec.n_head,
+                spec.head_dim
+            )
         })?;
-        check(spec.n_rot <= spec.head_dim && spec.n_rot % 2 == 0 && spec.n_rot / 2 <= ops::rope::MAX_PAIRS, || {
-            format!("rope: {} rotated dims of a {}-dim head", spec.n_rot, spec.head_dim)
-        })?;
-        let factors = spec.freq_factors.map(|w| weight_f32(w, "rope factors")).transpose()?;
+        check(
+            spec.n_rot <= spec.head_dim
+                && spec.n_rot % 2 == 0
+                && spec.n_rot / 2 <= ops::rope::MAX_PAIRS,
+            || {
+                format!(
+                    "rope: {} rotated dims of a {}-dim head",
+                    spec.n_rot, spec.head_dim
+                )
+            },
+        )?;
+        let factors = spec
+            .freq_factors
+            .map(|w| weight_f32(w, "rope factors"))
+            .transpose()?;
         if let Some(f) = factors {
-            check(f.len() >= spec.n_rot / 2, || format!("{} rope factors for {} pairs", f.len(), spec.n_rot / 2))?;
+            check(f.len() >= spec.n_rot / 2, || {
+                format!("{} rope factors for {} pairs", f.len(), spec.n_rot / 2)
+            })?;
         }
         let xs = f32s_mut(x)?;
         let xp = SendPtr(xs.as_mut_ptr());
@@ -317,11 +381,18 @@ impl Backend for CpuBackend {
     fn kv_store(&self, cache: &mut Tensor, src: &Tensor, rows: &[u32]) -> Result<()> {
         let cols = cache.cols();
         check(src.cols() == cols && src.rows() == rows.len(), || {
-            format!("kv_store {:?} into cache {:?} at {} rows", src.shape(), cache.shape(), rows.len())
+            format!(
+                "kv_store {:?} into cache {:?} at {} rows",
+                src.shape(),
+                cache.shape(),
+                rows.len()
+            )
         })?;
         let n_rows = cache.rows();
         if let Some(&bad) = rows.iter().find(|&&r| r as usize >= n_rows) {
-            return Err(Error::Shape(format!("cache row {bad} past the cache's {n_rows} rows")));
+            return Err(Error::Shape(format!(
+                "cache row {bad} past the cache's {n_rows} rows"
+            )));
         }
         let s = f32s(src)?;
         let dt = cache.dtype();
@@ -347,37 +418,73 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn kv_copy(&self, cache: &mut Tensor, src_start: usize, dst_start: usize, n: usize) -> Result<()> {
-        let row_bytes = cache.dtype().row_bytes(cache.cols()).ok_or(Error::UnsupportedType(cache.dtype()))?;
+    fn kv_copy(
+        &self,
+        cache: &mut Tensor,
+        src_start: usize,
+        dst_start: usize,
+        n: usize,
+    ) -> Result<()> {
+        let row_bytes = cache
+            .dtype()
+            .row_bytes(cache.cols())
+            .ok_or(Error::UnsupportedType(cache.dtype()))?;
         let rows = cache.rows();
         check(src_start + n <= rows && dst_start + n <= rows, || {
             format!("kv_copy {src_start}+{n} -> {dst_start} in {rows} rows")
         })?;
         let b = cpu_mut(cache)?.bytes_mut();
-        b.copy_within(src_start * row_bytes..(src_start + n) * row_bytes, dst_start * row_bytes);
+        b.copy_within(
+            src_start * row_bytes..(src_start + n) * row_bytes,
+            dst_start * row_bytes,
+        );
         Ok(())
     }
 
-    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, spec: &AttentionSpec, out: &mut Tensor) -> Result<()> {
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        spec: &AttentionSpec,
+        out: &mut Tensor,
+    ) -> Result<()> {
         let n = spec.queries.len();
         let (nh, nkv, hd, hv) = (spec.n_head, spec.n_kv_head, spec.head_dim, spec.head_dim_v);
-        check(nkv > 0 && nh % nkv == 0, || format!("{nh} query heads over {nkv} kv heads"))?;
-        check(q.rows() == n && q.cols() == nh * hd && out.rows() == n && out.cols() == nh * hv, || {
-            format!("attention q {:?} out {:?} for {n} queries of {nh}x{hd}", q.shape(), out.shape())
+        check(nkv > 0 && nh % nkv == 0, || {
+            format!("{nh} query heads over {nkv} kv heads")
         })?;
-        check(k.cols() == nkv * hd && v.cols() == nkv * hv && k.rows() == v.rows(), || {
-            format!("attention caches k {:?} v {:?}", k.shape(), v.shape())
-        })?;
-        check(hv <= ops::attention::MAX_HEAD_DIM && hd <= ops::attention::MAX_HEAD_DIM, || {
-            format!("head size {hd}/{hv} above {}", ops::attention::MAX_HEAD_DIM)
-        })?;
+        check(
+            q.rows() == n && q.cols() == nh * hd && out.rows() == n && out.cols() == nh * hv,
+            || {
+                format!(
+                    "attention q {:?} out {:?} for {n} queries of {nh}x{hd}",
+                    q.shape(),
+                    out.shape()
+                )
+            },
+        )?;
+        check(
+            k.cols() == nkv * hd && v.cols() == nkv * hv && k.rows() == v.rows(),
+            || format!("attention caches k {:?} v {:?}", k.shape(), v.shape()),
+        )?;
+        check(
+            hv <= ops::attention::MAX_HEAD_DIM && hd <= ops::attention::MAX_HEAD_DIM,
+            || format!("head size {hd}/{hv} above {}", ops::attention::MAX_HEAD_DIM),
+        )?;
         let cache_rows = k.rows();
         for qp in spec.queries {
             check((qp.kv_base as usize + qp.pos as usize) < cache_rows, || {
-                format!("query at position {} (base {}) past the cache's {cache_rows} rows", qp.pos, qp.kv_base)
+                format!(
+                    "query at position {} (base {}) past the cache's {cache_rows} rows",
+                    qp.pos, qp.kv_base
+                )
             })?;
         }
-        let sinks = spec.sinks.map(|w| weight_f32(w, "attention sinks")).transpose()?;
+        let sinks = spec
+            .sinks
+            .map(|w| weight_f32(w, "attention sinks"))
+            .transpose()?;
         let job = ops::attention::HeadJob {
             k: cache_rows_of(k)?,
             v: cache_rows_of(v)?,
@@ -407,7 +514,15 @@ impl Backend for CpuBackend {
             let qp = spec.queries[t];
             // SAFETY: each task writes its own (token, head) slice.
             let o = unsafe { op.slice(t * nh * hv + h * hv, hv) };
-            ops::attention::attend(&job, qh, h / group, qp.kv_base as usize, qp.pos as usize, sinks.map(|s| s[h]), o);
+            ops::attention::attend(
+                &job,
+                qh,
+                h / group,
+                qp.kv_base as usize,
+                qp.pos as usize,
+                sinks.map(|s| s[h]),
+                o,
+            );
         });
         Ok(())
     }
@@ -415,7 +530,12 @@ impl Backend for CpuBackend {
     fn gather_rows(&self, src: &Tensor, rows: &[u32], dst: &mut Tensor) -> Result<()> {
         let cols = src.cols();
         check(dst.cols() == cols && dst.rows() == rows.len(), || {
-            format!("gather {} rows of {:?} into {:?}", rows.len(), src.shape(), dst.shape())
+            format!(
+                "gather {} rows of {:?} into {:?}",
+                rows.len(),
+                src.shape(),
+                dst.shape()
+            )
         })?;
         let n_src = src.rows();
         if let Some(&bad) = rows.iter().find(|&&r| r as usize >= n_src) {

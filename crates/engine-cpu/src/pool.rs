@@ -101,7 +101,8 @@ impl ThreadPool {
         // SAFETY: no worker is inside an epoch (busy == 0 at the end of the previous run),
         // so nobody reads `job` now. The pointer is cleared before this function returns.
         unsafe {
-            let erased: *const Job = std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f);
+            let erased: *const Job =
+                std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f);
             *s.job.get() = Some(erased);
         }
         s.n_tasks.store(n_tasks, Ordering::Relaxed);
@@ -181,7 +182,11 @@ impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::Release);
         {
-            let _l = self.shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _l = self
+                .shared
+                .sleep_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             self.shared.wake.notify_all();
         }
         for w in self.workers.drain(..) {

@@ -6,7 +6,9 @@ use half::f16;
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn has_avx2() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
 }
 
 /// `sum(a[i] * b[i])`.
@@ -26,7 +28,10 @@ pub fn dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
         // SAFETY: features checked above.
         return unsafe { x86::dot_f32_f16(a, b) };
     }
-    a.iter().zip(b).map(|(x, y)| x * f16::from_bits(*y).to_f32()).sum()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x * f16::from_bits(*y).to_f32())
+        .sum()
 }
 
 /// `y[i] += s * x[i]`.
@@ -79,7 +84,11 @@ mod x86 {
         let mut i = 0;
         while i + 16 <= n {
             s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), s1);
+            s1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+                s1,
+            );
             i += 16;
         }
         let mut s = hsum(_mm256_add_ps(s0, s1));
@@ -136,7 +145,10 @@ mod x86 {
         let mut i = 0;
         while i + 8 <= n {
             let xv = _mm256_cvtph_ps(_mm_loadu_si128(px.add(i) as *const __m128i));
-            _mm256_storeu_ps(py.add(i), _mm256_fmadd_ps(vs, xv, _mm256_loadu_ps(py.add(i))));
+            _mm256_storeu_ps(
+                py.add(i),
+                _mm256_fmadd_ps(vs, xv, _mm256_loadu_ps(py.add(i))),
+            );
             i += 8;
         }
         while i < n {

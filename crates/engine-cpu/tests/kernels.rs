@@ -14,14 +14,18 @@ use rand::{Rng, SeedableRng};
 fn random_weights(rng: &mut impl Rng, t: DType, n: usize, rows: usize) -> Vec<u8> {
     let rb = t.row_bytes(n).unwrap();
     match t {
-        DType::F32 => (0..n * rows).flat_map(|_| rng.gen_range(-2.0f32..2.0).to_le_bytes()).collect(),
+        DType::F32 => (0..n * rows)
+            .flat_map(|_| rng.gen_range(-2.0f32..2.0).to_le_bytes())
+            .collect(),
         DType::F16 => {
             let v: Vec<f32> = (0..n * rows).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
             let mut b = vec![0u8; v.len() * 2];
             quant_f16(&v, &mut b);
             b
         }
-        DType::BF16 => (0..n * rows).flat_map(|_| ((rng.gen_range(-2.0f32..2.0).to_bits() >> 16) as u16).to_le_bytes()).collect(),
+        DType::BF16 => (0..n * rows)
+            .flat_map(|_| ((rng.gen_range(-2.0f32..2.0).to_bits() >> 16) as u16).to_le_bytes())
+            .collect(),
         _ => {
             let mut b: Vec<u8> = (0..rb * rows).map(|_| rng.gen()).collect();
             // keep the f16 scale fields finite and moderate
@@ -52,7 +56,9 @@ fn random_weights(rng: &mut impl Rng, t: DType, n: usize, rows: usize) -> Vec<u8
 fn simd_dot_products_match_scalar() {
     let isa = Isa::detect();
     if isa == Isa::Scalar {
-        eprintln!("SKIPPED: no SIMD instruction set on this CPU; only the scalar kernels were checked");
+        eprintln!(
+            "SKIPPED: no SIMD instruction set on this CPU; only the scalar kernels were checked"
+        );
         return;
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
@@ -64,14 +70,20 @@ fn simd_dot_products_match_scalar() {
         for trial in 0..20 {
             let w = random_weights(&mut rng, t, n, 1);
             let scale = if trial % 5 == 0 { 100.0 } else { 1.0 };
-            let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0) * scale).collect();
+            let x: Vec<f32> = (0..n)
+                .map(|_| rng.gen_range(-1.0f32..1.0) * scale)
+                .collect();
             let mut a = vec![0u8; at.row_bytes(n).unwrap()];
             act::quantize_row(at, &x, &mut a);
             let got = (simd.dot)(n, &w, &a);
             let want = (reference.dot)(n, &w, &a);
             let wd = dequantize_to_vec(t, &w, n).unwrap();
             let ad = dequantize_to_vec(at, &a, n).unwrap();
-            let mag: f64 = wd.iter().zip(&ad).map(|(p, q)| (p.abs() * q.abs()) as f64).sum();
+            let mag: f64 = wd
+                .iter()
+                .zip(&ad)
+                .map(|(p, q)| (p.abs() * q.abs()) as f64)
+                .sum();
             let blocks = (n / t.block_size().max(32)) as f64;
             let tol = 8.0 * f32::EPSILON as f64 * blocks * mag + 1e-6;
             assert!(
@@ -80,7 +92,11 @@ fn simd_dot_products_match_scalar() {
                 simd.isa
             );
             // and the reference agrees with the plain dequantized dot product
-            let plain: f64 = wd.iter().zip(&ad).map(|(p, q)| (*p as f64) * (*q as f64)).sum();
+            let plain: f64 = wd
+                .iter()
+                .zip(&ad)
+                .map(|(p, q)| (*p as f64) * (*q as f64))
+                .sum();
             assert!(
                 (want as f64 - plain).abs() <= tol,
                 "{t}: scalar kernel {want} vs dequantized dot {plain} (tol {tol:e})"
@@ -101,7 +117,11 @@ fn q8_activation_encoding_matches_reference_within_rounding() {
     let mut b = vec![0u8; a.len()];
     engine_core::quant::quantize(DType::Q8_0, &x, &mut b).unwrap();
     let diffs = a.iter().zip(&b).filter(|(p, q)| p != q).count();
-    assert!(diffs * 1000 < a.len(), "{diffs} bytes differ out of {}", a.len());
+    assert!(
+        diffs * 1000 < a.len(),
+        "{diffs} bytes differ out of {}",
+        a.len()
+    );
     for (p, q) in a.iter().zip(&b) {
         assert!((*p as i8 as i32 - *q as i8 as i32).abs() <= 1);
     }

@@ -10,7 +10,8 @@ fn rand_vec(rng: &mut impl Rng, n: usize) -> Vec<f32> {
 
 fn f32_weight(be: &CpuBackend, name: &str, shape: &[usize], v: &[f32]) -> engine_core::Weight {
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    be.load_weight(name, DType::F32, shape, HostBytes::from_vec(bytes)).unwrap()
+    be.load_weight(name, DType::F32, shape, HostBytes::from_vec(bytes))
+        .unwrap()
 }
 
 #[test]
@@ -39,14 +40,18 @@ fn matmul_matches_dequantized_reference_for_every_type_and_thread_count() {
                     _ => 0,
                 };
                 for blk in wb.chunks_exact_mut(ts) {
-                    blk[off..off + 2].copy_from_slice(&half::f16::from_f32(0.01).to_bits().to_le_bytes());
+                    blk[off..off + 2]
+                        .copy_from_slice(&half::f16::from_f32(0.01).to_bits().to_le_bytes());
                     if matches!(t, DType::Q2_K | DType::Q4_K | DType::Q5_K) {
                         let o2 = if t == DType::Q2_K { 82 } else { 2 };
-                        blk[o2..o2 + 2].copy_from_slice(&half::f16::from_f32(0.005).to_bits().to_le_bytes());
+                        blk[o2..o2 + 2]
+                            .copy_from_slice(&half::f16::from_f32(0.005).to_bits().to_le_bytes());
                     }
                 }
             }
-            let w = be.load_weight("w", t, &[m, k], HostBytes::from_vec(wb.clone())).unwrap();
+            let w = be
+                .load_weight("w", t, &[m, k], HostBytes::from_vec(wb.clone()))
+                .unwrap();
             let wd = engine_core::quant::dequantize_to_vec(t, &wb, m * k).unwrap();
             for n in [1usize, 5] {
                 let xv = rand_vec(&mut rng, n * k);
@@ -71,7 +76,8 @@ fn matmul_matches_dequantized_reference_for_every_type_and_thread_count() {
                             let wrow = &wb[c * t.row_bytes(k).unwrap()..];
                             (0..k / 32)
                                 .map(|b| {
-                                    let mw = engine_core::quant::f16_at(wrow, b * t.type_size() + 2) as f64;
+                                    let mw = engine_core::quant::f16_at(wrow, b * t.type_size() + 2)
+                                        as f64;
                                     let sy = engine_core::quant::f16_at(&a, b * 36 + 2) as f64;
                                     (mw * sy).abs() / 2048.0
                                 })
@@ -118,7 +124,10 @@ fn rms_norm_and_rope_match_naive() {
         let mut t = be.alloc(DType::F32, &[n, heads * hd]).unwrap();
         be.write_f32(&mut t, &xv).unwrap();
         let pos = [0u32, 7, 1000];
-        let spec = RopeSpec { n_rot: 12, ..RopeSpec::plain(mode, heads, hd, 10000.0) };
+        let spec = RopeSpec {
+            n_rot: 12,
+            ..RopeSpec::plain(mode, heads, hd, 10000.0)
+        };
         be.rope(&mut t, &pos, &spec).unwrap();
         let mut got = vec![0.0; xv.len()];
         be.read_f32(&t, &mut got).unwrap();
@@ -136,7 +145,10 @@ fn rms_norm_and_rope_match_naive() {
                     let (c, s) = (theta.cos(), theta.sin());
                     let w0 = x[i0] as f64 * c - x[i1] as f64 * s;
                     let w1 = x[i0] as f64 * s + x[i1] as f64 * c;
-                    assert!((g[i0] as f64 - w0).abs() < 2e-4, "{mode:?} pos {p} pair {i}");
+                    assert!(
+                        (g[i0] as f64 - w0).abs() < 2e-4,
+                        "{mode:?} pos {p} pair {i}"
+                    );
                     assert!((g[i1] as f64 - w1).abs() < 2e-4);
                 }
                 for i in 12..hd {
@@ -167,13 +179,30 @@ fn attention_matches_naive_softmax_with_windows_gqa_and_sinks() {
         be.write_f32(&mut src, &vv_f).unwrap();
         be.kv_store(&mut v, &src, &all).unwrap();
         // what the cache holds
-        let round = |x: f32| if cache_type == DType::F16 { half::f16::from_f32(x).to_f32() } else { x };
+        let round = |x: f32| {
+            if cache_type == DType::F16 {
+                half::f16::from_f32(x).to_f32()
+            } else {
+                x
+            }
+        };
         let queries = [
             QueryPos { kv_base: 0, pos: 0 },
-            QueryPos { kv_base: 0, pos: 150 },
-            QueryPos { kv_base: 100, pos: 199 },
+            QueryPos {
+                kv_base: 0,
+                pos: 150,
+            },
+            QueryPos {
+                kv_base: 100,
+                pos: 199,
+            },
         ];
-        for (window, use_sinks) in [(None, false), (Some(16), false), (None, true), (Some(5), true)] {
+        for (window, use_sinks) in [
+            (None, false),
+            (Some(16), false),
+            (None, true),
+            (Some(5), true),
+        ] {
             let qv = rand_vec(&mut rng, queries.len() * nh * hd);
             let mut q = be.alloc(DType::F32, &[queries.len(), nh * hd]).unwrap();
             be.write_f32(&mut q, &qv).unwrap();
@@ -195,12 +224,16 @@ fn attention_matches_naive_softmax_with_windows_gqa_and_sinks() {
             for (t, qp) in queries.iter().enumerate() {
                 for h in 0..nh {
                     let kvh = h / (nh / nkv);
-                    let qh: Vec<f64> = (0..hd).map(|i| round(qv[t * nh * hd + h * hd + i]) as f64).collect();
+                    let qh: Vec<f64> = (0..hd)
+                        .map(|i| round(qv[t * nh * hd + h * hd + i]) as f64)
+                        .collect();
                     let lo = window.map_or(0, |w| (qp.pos as i64 + 1 - w as i64).max(0) as usize);
                     let mut scores = vec![];
                     for j in lo..=qp.pos as usize {
                         let r = qp.kv_base as usize + j;
-                        let s: f64 = (0..hd).map(|i| qh[i] * round(kv_f[r * nkv * hd + kvh * hd + i]) as f64).sum();
+                        let s: f64 = (0..hd)
+                            .map(|i| qh[i] * round(kv_f[r * nkv * hd + kvh * hd + i]) as f64)
+                            .sum();
                         scores.push((r, s * 0.3));
                     }
                     let mut mx = scores.iter().map(|s| s.1).fold(f64::MIN, f64::max);
@@ -214,7 +247,10 @@ fn attention_matches_naive_softmax_with_windows_gqa_and_sinks() {
                     for i in 0..hd {
                         let want: f64 = scores
                             .iter()
-                            .map(|(r, s)| (s - mx).exp() / den * round(vv_f[r * nkv * hd + kvh * hd + i]) as f64)
+                            .map(|(r, s)| {
+                                (s - mx).exp() / den
+                                    * round(vv_f[r * nkv * hd + kvh * hd + i]) as f64
+                            })
                             .sum();
                         let g = got[t * nh * hd + h * hd + i] as f64;
                         assert!((g - want).abs() < 1e-5, "{cache_type} window {window:?} sinks {use_sinks}: q{t} h{h} [{i}] {g} vs {want}");
@@ -233,6 +269,15 @@ fn bad_shapes_and_ids_are_errors() {
     assert!(be.embed(&table, &[4], &mut out).is_err());
     let x = be.alloc(DType::F32, &[1, 7]).unwrap();
     assert!(be.matmul(&x, &table, &mut out).is_err());
-    assert!(be.load_weight("w", DType::IQ2_XXS, &[1, 256], HostBytes::from_vec(vec![0; 66])).is_err());
-    assert!(be.load_weight("w", DType::Q4_0, &[1, 32], HostBytes::from_vec(vec![0; 17])).is_err());
+    assert!(be
+        .load_weight(
+            "w",
+            DType::IQ2_XXS,
+            &[1, 256],
+            HostBytes::from_vec(vec![0; 66])
+        )
+        .is_err());
+    assert!(be
+        .load_weight("w", DType::Q4_0, &[1, 32], HostBytes::from_vec(vec![0; 17]))
+        .is_err());
 }

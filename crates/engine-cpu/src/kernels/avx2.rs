@@ -99,7 +99,12 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 #[inline(always)]
 unsafe fn bits_to_bytes(bits: u32) -> __m256i {
     let v = _mm256_set1_epi32(bits as i32);
-    let shuf = _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303);
+    let shuf = _mm256_setr_epi64x(
+        0,
+        0x0101_0101_0101_0101,
+        0x0202_0202_0202_0202,
+        0x0303_0303_0303_0303,
+    );
     let v = _mm256_shuffle_epi8(v, shuf);
     let v = _mm256_or_si256(v, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe_u64 as i64));
     _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1))
@@ -122,7 +127,10 @@ unsafe fn dot_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
         }
         i += 32;
     }
-    let mut s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    let mut s = hsum_ps(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
     while i < n {
         s += pw.add(i).read_unaligned() * pa.add(i).read_unaligned();
         i += 1;
@@ -305,7 +313,10 @@ unsafe fn dot_q4_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
             let q = load(x.add(16 + 32 * j));
             let q8 = y.add(4 + 64 * j);
             let lo = _mm256_maddubs_epi16(_mm256_and_si256(q, m4), load(q8));
-            let hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), load(q8.add(32)));
+            let hi = _mm256_maddubs_epi16(
+                _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+                load(q8.add(32)),
+            );
             let lo = _mm256_madd_epi16(_mm256_set1_epi16(s1 as i16), lo);
             let hi = _mm256_madd_epi16(_mm256_set1_epi16(s2 as i16), hi);
             isum = _mm256_add_epi32(isum, _mm256_add_epi32(lo, hi));
@@ -343,8 +354,14 @@ unsafe fn dot_q5_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
             let q_lo = _mm256_or_si256(_mm256_and_si256(q, m4), h_lo);
             let q_hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), h_hi);
             let q8 = y.add(4 + 64 * j);
-            let lo = _mm256_madd_epi16(_mm256_set1_epi16(s1 as i16), _mm256_maddubs_epi16(q_lo, load(q8)));
-            let hi = _mm256_madd_epi16(_mm256_set1_epi16(s2 as i16), _mm256_maddubs_epi16(q_hi, load(q8.add(32))));
+            let lo = _mm256_madd_epi16(
+                _mm256_set1_epi16(s1 as i16),
+                _mm256_maddubs_epi16(q_lo, load(q8)),
+            );
+            let hi = _mm256_madd_epi16(
+                _mm256_set1_epi16(s2 as i16),
+                _mm256_maddubs_epi16(q_hi, load(q8.add(32))),
+            );
             isum = _mm256_add_epi32(isum, _mm256_add_epi32(lo, hi));
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16(x)), _mm256_cvtepi32_ps(isum), acc);
@@ -372,7 +389,10 @@ unsafe fn dot_q6_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
             let l0 = load(ql);
             let l1 = load(ql.add(32));
             let codes = [
-                _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
+                _mm256_or_si256(
+                    _mm256_and_si256(l0, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4),
+                ),
                 _mm256_or_si256(
                     _mm256_and_si256(l1, m4),
                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
@@ -389,12 +409,17 @@ unsafe fn dot_q6_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
             for (g, c) in codes.iter().enumerate() {
                 let y8 = load(q8.add(32 * g));
                 // (code - 32) * q8 = code * q8 - 32 * q8, both exact in i16.
-                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(*c, y8), _mm256_maddubs_epi16(m32, y8));
+                let p =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(*c, y8), _mm256_maddubs_epi16(m32, y8));
                 let s = scale_pair(*sc.add(2 * g) as i32, *sc.add(2 * g + 1) as i32);
                 isum = _mm256_add_epi32(isum, _mm256_madd_epi16(s, p));
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16(x.add(208))), _mm256_cvtepi32_ps(isum), acc);
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(dy * f16(x.add(208))),
+            _mm256_cvtepi32_ps(isum),
+            acc,
+        );
     }
     hsum_ps(acc)
 }
@@ -416,7 +441,8 @@ unsafe fn dot_q3_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
         for chunk in 0..2 {
             let q = load(x.add(32 + 32 * chunk));
             for j in 0..4 {
-                let low = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j as i32)), m3);
+                let low =
+                    _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j as i32)), m3);
                 let bit = 1u8 << (4 * chunk + j);
                 let set = _mm256_cmpeq_epi8(
                     _mm256_and_si256(hm, _mm256_set1_epi8(bit as i8)),
@@ -425,13 +451,20 @@ unsafe fn dot_q3_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
                 // 4 where the high bit is clear: code = low - 4.
                 let sub4 = _mm256_andnot_si256(set, four);
                 let y8 = load(y.add(4 + 32 * sub / 2));
-                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(low, y8), _mm256_maddubs_epi16(sub4, y8));
+                let p = _mm256_sub_epi16(
+                    _mm256_maddubs_epi16(low, y8),
+                    _mm256_maddubs_epi16(sub4, y8),
+                );
                 let s = scale_pair(scales[sub] as i32, scales[sub + 1] as i32);
                 isum = _mm256_add_epi32(isum, _mm256_madd_epi16(s, p));
                 sub += 2;
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16(x.add(108))), _mm256_cvtepi32_ps(isum), acc);
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(dy * f16(x.add(108))),
+            _mm256_cvtepi32_ps(isum),
+            acc,
+        );
     }
     hsum_ps(acc)
 }
@@ -454,7 +487,8 @@ unsafe fn dot_q2_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
         for chunk in 0..2 {
             let q = load(x.add(16 + 32 * chunk));
             for j in 0..4 {
-                let codes = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j as i32)), m3);
+                let codes =
+                    _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j as i32)), m3);
                 let y8 = load(y.add(4 + 16 * sub));
                 let p = _mm256_maddubs_epi16(codes, y8);
                 let s = scale_pair((*x.add(sub) & 0x0f) as i32, (*x.add(sub + 1) & 0x0f) as i32);
@@ -462,7 +496,11 @@ unsafe fn dot_q2_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
                 sub += 2;
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16(x.add(80))), _mm256_cvtepi32_ps(isum), acc);
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(dy * f16(x.add(80))),
+            _mm256_cvtepi32_ps(isum),
+            acc,
+        );
         mins += dy * f16(x.add(82)) * summ as f32;
     }
     hsum_ps(acc) - mins
@@ -480,7 +518,10 @@ unsafe fn dot_iq4_xs(n: usize, w: &[u8], a: &[u8]) -> f32 {
         let mut isum = _mm256_setzero_si256();
         for ib in 0..8 {
             let ls = iq4xs_scale(scales_h, &xs[4..8], ib);
-            let p = dot_i8(lut_nibbles(table, x.add(8 + 16 * ib)), load(y.add(4 + 32 * ib)));
+            let p = dot_i8(
+                lut_nibbles(table, x.add(8 + 16 * ib)),
+                load(y.add(4 + 32 * ib)),
+            );
             isum = _mm256_add_epi32(isum, _mm256_mullo_epi32(p, _mm256_set1_epi32(ls)));
         }
         sum += q8k_d(y) * f16(x) * hsum_epi32(isum) as f32;

@@ -86,7 +86,9 @@ pub fn act_type(weight: DType) -> Option<DType> {
         DType::BF16 => DType::BF16,
         DType::Q4_0 | DType::Q5_0 | DType::Q8_0 | DType::IQ4_NL | DType::MXFP4 => DType::Q8_0,
         DType::Q4_1 | DType::Q5_1 => DType::Q8_1,
-        DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::IQ4_XS => DType::Q8_K,
+        DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::IQ4_XS => {
+            DType::Q8_K
+        }
         _ => return None,
     })
 }

@@ -61,7 +61,9 @@ fn dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
 }
 
 fn dot_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let bf = |b: &[u8], i: usize| f32::from_bits((u16::from_le_bytes([b[2 * i], b[2 * i + 1]]) as u32) << 16);
+    let bf = |b: &[u8], i: usize| {
+        f32::from_bits((u16::from_le_bytes([b[2 * i], b[2 * i + 1]]) as u32) << 16)
+    };
     let mut s = 0.0f64;
     for i in 0..n {
         s += (bf(w, i) * bf(a, i)) as f64;
@@ -230,7 +232,8 @@ fn dot_q3_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
                     let mut s = 0i32;
                     for l in 0..16 {
                         let idx = 16 * half + l;
-                        let code = ((q[idx] >> shift) & 3) as i32 - if hm[idx] & m != 0 { 0 } else { 4 };
+                        let code =
+                            ((q[idx] >> shift) & 3) as i32 - if hm[idx] & m != 0 { 0 } else { 4 };
                         s += code * q8[16 * sub + l] as i8 as i32;
                     }
                     isum += scales[sub] as i32 * s;
@@ -261,7 +264,8 @@ fn dot_q4_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
                 hi += (q[l] >> 4) as i32 * q8[64 * j + 32 + l] as i8 as i32;
             }
             isum += s1 as i32 * lo + s2 as i32 * hi;
-            summ += m1 as i32 * (bsums[4 * j] + bsums[4 * j + 1]) + m2 as i32 * (bsums[4 * j + 2] + bsums[4 * j + 3]);
+            summ += m1 as i32 * (bsums[4 * j] + bsums[4 * j + 1])
+                + m2 as i32 * (bsums[4 * j + 2] + bsums[4 * j + 3]);
         }
         sum += dy * f16_at(x, 0) * isum as f32 - dy * f16_at(x, 2) * summ as f32;
     }
@@ -288,7 +292,8 @@ fn dot_q5_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
                 hi += ((ql[l] >> 4) as i32 + h2) * q8[64 * j + 32 + l] as i8 as i32;
             }
             isum += s1 as i32 * lo + s2 as i32 * hi;
-            summ += m1 as i32 * (bsums[4 * j] + bsums[4 * j + 1]) + m2 as i32 * (bsums[4 * j + 2] + bsums[4 * j + 3]);
+            summ += m1 as i32 * (bsums[4 * j] + bsums[4 * j + 1])
+                + m2 as i32 * (bsums[4 * j + 2] + bsums[4 * j + 3]);
         }
         sum += dy * f16_at(x, 0) * isum as f32 - dy * f16_at(x, 2) * summ as f32;
     }

@@ -68,7 +68,15 @@ pub struct HeadJob<'a> {
 /// by the caller if emulating f16 attention), `kv_head` selects the cached head, `base` is
 /// the cache row of position 0, `pos` the query position, `sink` an optional sink logit.
 #[allow(clippy::too_many_arguments)]
-pub fn attend(job: &HeadJob, q: &[f32], kv_head: usize, base: usize, pos: usize, sink: Option<f32>, out: &mut [f32]) {
+pub fn attend(
+    job: &HeadJob,
+    q: &[f32],
+    kv_head: usize,
+    base: usize,
+    pos: usize,
+    sink: Option<f32>,
+    out: &mut [f32],
+) {
     let hd = job.head_dim;
     let hv = job.head_dim_v;
     let lo = match job.window {
@@ -104,7 +112,8 @@ pub fn attend(job: &HeadJob, q: &[f32], kv_head: usize, base: usize, pos: usize,
         for (t, j) in (j0..j1).enumerate() {
             let p = (scores[t] - m).exp();
             l += p;
-            job.v.axpy(acc, p, (base + j) * job.row_stride_v + kv_head * hv);
+            job.v
+                .axpy(acc, p, (base + j) * job.row_stride_v + kv_head * hv);
         }
         j0 = j1;
     }
