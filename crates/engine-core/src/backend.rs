@@ -139,7 +139,13 @@ pub trait Backend: Send + Sync {
     }
 
     /// Makes a weight from host bytes in ggml layout. A host backend may keep a view.
-    fn load_weight(&self, name: &str, dtype: DType, shape: &[usize], data: HostBytes) -> Result<Weight>;
+    fn load_weight(
+        &self,
+        name: &str,
+        dtype: DType,
+        shape: &[usize],
+        data: HostBytes,
+    ) -> Result<Weight>;
 
     /// Allocates a zeroed activation tensor.
     fn alloc(&self, dtype: DType, shape: &[usize]) -> Result<Tensor>;
@@ -181,12 +187,25 @@ pub trait Backend: Send + Sync {
     fn kv_store(&self, cache: &mut Tensor, src: &Tensor, rows: &[u32]) -> Result<()>;
 
     /// Copies rows `src_start..src_start + n` of `cache` to `dst_start..` (prefix reuse).
-    fn kv_copy(&self, cache: &mut Tensor, src_start: usize, dst_start: usize, n: usize) -> Result<()>;
+    fn kv_copy(
+        &self,
+        cache: &mut Tensor,
+        src_start: usize,
+        dst_start: usize,
+        n: usize,
+    ) -> Result<()>;
 
     /// Attention for each query row over the cached keys `k` and values `v`
     /// (`[rows, n_kv_head * head_dim]` each). `q` is `[n, n_head * head_dim]`,
     /// `out` is `[n, n_head * head_dim_v]`.
-    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, spec: &AttentionSpec, out: &mut Tensor) -> Result<()>;
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        spec: &AttentionSpec,
+        out: &mut Tensor,
+    ) -> Result<()>;
 
     /// Gathers rows: `dst[i] = src[rows[i]]`.
     fn gather_rows(&self, src: &Tensor, rows: &[u32], dst: &mut Tensor) -> Result<()>;

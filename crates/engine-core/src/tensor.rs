@@ -45,9 +45,7 @@ impl Shape {
 
     /// Number of elements (saturating, so absurd shapes compare as huge).
     pub fn numel(&self) -> usize {
-        self.dims()
-            .iter()
-            .fold(1usize, |a, &b| a.saturating_mul(b))
+        self.dims().iter().fold(1usize, |a, &b| a.saturating_mul(b))
     }
 
     /// Length of the innermost dimension (a row).
@@ -100,7 +98,11 @@ pub struct HostBytes {
 
 impl HostBytes {
     /// A view of `owner[start..start + len]`; fails if that is out of bounds.
-    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, start: usize, len: usize) -> Result<HostBytes> {
+    pub fn new(
+        owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        start: usize,
+        len: usize,
+    ) -> Result<HostBytes> {
         let total = (*owner).as_ref().len();
         if start.checked_add(len).is_none_or(|end| end > total) {
             return Err(Error::Shape(format!(
@@ -218,7 +220,12 @@ pub struct Weight {
 
 impl Weight {
     /// Wraps a backend buffer. Backends call this from `load_weight`.
-    pub fn from_buffer(name: &str, dtype: DType, shape: Shape, buf: Arc<dyn DeviceBuffer>) -> Weight {
+    pub fn from_buffer(
+        name: &str,
+        dtype: DType,
+        shape: Shape,
+        buf: Arc<dyn DeviceBuffer>,
+    ) -> Weight {
         Weight {
             name: name.into(),
             dtype,

@@ -11,7 +11,9 @@ use engine_core::DType;
 use engine_gguf::GgufModel;
 
 fn f32s(m: &GgufModel, name: &str) -> Vec<f32> {
-    let t = m.tensor(name).unwrap_or_else(|| panic!("reference tensor {name} missing"));
+    let t = m
+        .tensor(name)
+        .unwrap_or_else(|| panic!("reference tensor {name} missing"));
     assert_eq!(t.dtype, DType::F32);
     dequantize_to_vec(DType::F32, m.tensor_data(t).as_slice(), t.numel() as usize).unwrap()
 }
@@ -68,7 +70,10 @@ fn decoders_match_gguf_py_bit_for_bit() {
         let mut got = vec![0.0; want.len()];
         dequantize(t, m.tensor_data(q).as_slice(), &mut got).unwrap();
         if let Some(i) = same_bits(&got, &want) {
-            panic!("{t}: element {i} decodes to {} but gguf-py says {}", got[i], want[i]);
+            panic!(
+                "{t}: element {i} decodes to {} but gguf-py says {}",
+                got[i], want[i]
+            );
         }
     }
 }
@@ -76,7 +81,15 @@ fn decoders_match_gguf_py_bit_for_bit() {
 #[test]
 fn encoders_match_gguf_py_byte_for_byte() {
     let m = references();
-    for t in [DType::BF16, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::MXFP4] {
+    for t in [
+        DType::BF16,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q8_0,
+        DType::MXFP4,
+    ] {
         let src = f32s(&m, &format!("{}.src", t.name()));
         let q = m.tensor(&format!("{}.q", t.name())).unwrap();
         let want = m.tensor_data(q);
@@ -84,11 +97,19 @@ fn encoders_match_gguf_py_byte_for_byte() {
         quantize(t, &src, &mut got).unwrap();
         if let Some(i) = got.iter().zip(want.as_slice()).position(|(a, b)| a != b) {
             let block = i / t.type_size();
-            panic!("{t}: byte {i} (block {block}) is {:#04x}, gguf-py wrote {:#04x}", got[i], want.as_slice()[i]);
+            panic!(
+                "{t}: byte {i} (block {block}) is {:#04x}, gguf-py wrote {:#04x}",
+                got[i],
+                want.as_slice()[i]
+            );
         }
         let deq = f32s(&m, &format!("{}.q.f32", t.name()));
         let mine = dequantize_to_vec(t, &got, src.len()).unwrap();
-        assert_eq!(same_bits(&mine, &deq), None, "{t}: round trip differs from gguf-py");
+        assert_eq!(
+            same_bits(&mine, &deq),
+            None,
+            "{t}: round trip differs from gguf-py"
+        );
     }
 }
 
@@ -99,7 +120,9 @@ fn encoders_match_gguf_py_byte_for_byte() {
 fn q8_activation_types_round_trip() {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let x: Vec<f32> = (0..4096).map(|i| rng.gen_range(-1.0f32..1.0) * (1 + i % 7) as f32).collect();
+    let x: Vec<f32> = (0..4096)
+        .map(|i| rng.gen_range(-1.0f32..1.0) * (1 + i % 7) as f32)
+        .collect();
 
     let mut q = vec![0u8; DType::Q8_K.row_bytes(x.len()).unwrap()];
     quantize(DType::Q8_K, &x, &mut q).unwrap();
@@ -108,11 +131,19 @@ fn q8_activation_types_round_trip() {
         let d = f32::from_le_bytes(blk[0..4].try_into().unwrap()).abs();
         for j in 0..256 {
             let i = b * 256 + j;
-            assert!((x[i] - y[i]).abs() <= d * 0.5 + 1e-6, "Q8_K element {i}: {} vs {}", x[i], y[i]);
+            assert!(
+                (x[i] - y[i]).abs() <= d * 0.5 + 1e-6,
+                "Q8_K element {i}: {} vs {}",
+                x[i],
+                y[i]
+            );
         }
         for g in 0..16 {
             let s: i32 = (0..16).map(|k| blk[4 + g * 16 + k] as i8 as i32).sum();
-            assert_eq!(s, i16::from_le_bytes([blk[260 + 2 * g], blk[261 + 2 * g]]) as i32);
+            assert_eq!(
+                s,
+                i16::from_le_bytes([blk[260 + 2 * g], blk[261 + 2 * g]]) as i32
+            );
         }
     }
 
@@ -121,12 +152,19 @@ fn q8_activation_types_round_trip() {
     let y = dequantize_to_vec(DType::Q8_1, &q, x.len()).unwrap();
     for (b, blk) in q.chunks_exact(36).enumerate() {
         let d = engine_core::quant::f16_at(blk, 0);
-        let amax = x[b * 32..b * 32 + 32].iter().fold(0f32, |a, v| a.max(v.abs()));
+        let amax = x[b * 32..b * 32 + 32]
+            .iter()
+            .fold(0f32, |a, v| a.max(v.abs()));
         for j in 0..32 {
             let i = b * 32 + j;
             // half a step, plus the f16 rounding of d (relative 2^-11) times 127 steps
             let tol = d * 0.5 + amax * 1e-3;
-            assert!((x[i] - y[i]).abs() <= tol, "Q8_1 element {i}: {} vs {}", x[i], y[i]);
+            assert!(
+                (x[i] - y[i]).abs() <= tol,
+                "Q8_1 element {i}: {} vs {}",
+                x[i],
+                y[i]
+            );
         }
         let s: i32 = (0..32).map(|k| blk[4 + k] as i8 as i32).sum();
         let stored = engine_core::quant::f16_at(blk, 2);

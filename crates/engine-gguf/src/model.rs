@@ -44,14 +44,19 @@ impl GgufModel {
     pub fn open(path: impl AsRef<Path>, mmap: bool) -> Result<GgufModel> {
         let path = path.as_ref();
         let paths: Vec<PathBuf> = match split_parts(path) {
-            Some((prefix, count)) if count > 1 => (1..=count).map(|i| split_path(&prefix, i, count)).collect(),
+            Some((prefix, count)) if count > 1 => {
+                (1..=count).map(|i| split_path(&prefix, i, count)).collect()
+            }
             _ => vec![path.to_path_buf()],
         };
         let mut files = Vec::with_capacity(paths.len());
         for p in &paths {
             files.push(GgufFile::open(p, mmap)?);
         }
-        let declared = files[0].get("split.count").and_then(Value::as_int).unwrap_or(1);
+        let declared = files[0]
+            .get("split.count")
+            .and_then(Value::as_int)
+            .unwrap_or(1);
         if declared > 1 && files.len() == 1 {
             return Err(GgufError::Format(format!(
                 "{} is part of a {declared}-file split set, but its name does not follow the -0000N-of-0000M.gguf pattern",
@@ -161,7 +166,10 @@ impl GgufModel {
     pub fn require_usize(&self, key: &str) -> Result<usize> {
         match self.get_int(key)? {
             Some(v) if v >= 0 => Ok(v as usize),
-            Some(v) => Err(Self::missing(key, &format!("must not be negative (found {v})"))),
+            Some(v) => Err(Self::missing(
+                key,
+                &format!("must not be negative (found {v})"),
+            )),
             None => Err(Self::missing(key, "required but missing")),
         }
     }
@@ -170,7 +178,10 @@ impl GgufModel {
     pub fn get_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.get_int(key)? {
             Some(v) if v >= 0 => Ok(Some(v as usize)),
-            Some(v) => Err(Self::missing(key, &format!("must not be negative (found {v})"))),
+            Some(v) => Err(Self::missing(
+                key,
+                &format!("must not be negative (found {v})"),
+            )),
             None => Ok(None),
         }
     }

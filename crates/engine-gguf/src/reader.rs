@@ -146,8 +146,9 @@ impl<'a> Cursor<'a> {
             )));
         }
         let tid = self.u32(what)?;
-        let ty = ValueType::from_id(tid)
-            .ok_or_else(|| GgufError::Format(format!("{what}: unknown array element type {tid}")))?;
+        let ty = ValueType::from_id(tid).ok_or_else(|| {
+            GgufError::Format(format!("{what}: unknown array element type {tid}"))
+        })?;
         let min = match ty {
             ValueType::String => 8,
             ValueType::Array => 12,
@@ -235,9 +236,15 @@ impl GgufFile {
         let version = c.u32("version")?;
         match version {
             2 | 3 => {}
-            1 => return Err(GgufError::Format("GGUF version 1 is obsolete; re-convert the model".into())),
+            1 => {
+                return Err(GgufError::Format(
+                    "GGUF version 1 is obsolete; re-convert the model".into(),
+                ))
+            }
             v if v.swap_bytes() <= 3 => {
-                return Err(GgufError::Format("big-endian GGUF files are not supported".into()))
+                return Err(GgufError::Format(
+                    "big-endian GGUF files are not supported".into(),
+                ))
             }
             v => return Err(GgufError::Format(format!("unsupported GGUF version {v}"))),
         }
@@ -395,9 +402,12 @@ pub fn tensor_size(name: &str, dtype: DType, ne: &[u64]) -> Result<usize> {
     }
     let mut n: u64 = 1;
     for &d in ne {
-        n = n.checked_mul(d).filter(|&v| v <= i64::MAX as u64).ok_or_else(|| {
-            GgufError::Format(format!("tensor '{name}': dimensions {ne:?} overflow"))
-        })?;
+        n = n
+            .checked_mul(d)
+            .filter(|&v| v <= i64::MAX as u64)
+            .ok_or_else(|| {
+                GgufError::Format(format!("tensor '{name}': dimensions {ne:?} overflow"))
+            })?;
     }
     let bytes = (n / bs)
         .checked_mul(dtype.type_size() as u64)

@@ -297,7 +297,9 @@ impl fmt::Display for Value {
                     }
                     match a {
                         Array::String(v) => write!(f, "{:?}", v[i])?,
-                        Array::F32(_) | Array::F64(_) => write!(f, "{}", a.float_at(i).unwrap_or(0.0))?,
+                        Array::F32(_) | Array::F64(_) => {
+                            write!(f, "{}", a.float_at(i).unwrap_or(0.0))?
+                        }
                         Array::Array(v) => write!(f, "[.. {}]", v[i].len())?,
                         _ => write!(f, "{}", a.int_at(i).unwrap_or(0))?,
                     }

@@ -42,7 +42,10 @@ impl GgufWriter {
     /// Sets (or replaces) a metadata value. `general.alignment` also sets the data alignment.
     pub fn set(&mut self, key: &str, value: Value) -> &mut Self {
         if key == "general.alignment" {
-            if let Some(a) = value.as_int().filter(|a| *a > 0 && (*a as u64).is_power_of_two()) {
+            if let Some(a) = value
+                .as_int()
+                .filter(|a| *a > 0 && (*a as u64).is_power_of_two())
+            {
                 self.alignment = a as usize;
             }
         }
@@ -54,10 +57,19 @@ impl GgufWriter {
     }
 
     /// Adds a tensor. `shape` is row-major (outermost first); `data` is in ggml layout.
-    pub fn add_tensor(&mut self, name: &str, dtype: DType, shape: &[usize], data: Vec<u8>) -> Result<&mut Self> {
+    pub fn add_tensor(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[usize],
+        data: Vec<u8>,
+    ) -> Result<&mut Self> {
         let ne: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
         if ne.is_empty() || ne.len() > 4 {
-            return Err(GgufError::Format(format!("tensor '{name}': {} dimensions", ne.len())));
+            return Err(GgufError::Format(format!(
+                "tensor '{name}': {} dimensions",
+                ne.len()
+            )));
         }
         let size = tensor_size(name, dtype, &ne)?;
         if size != data.len() {
@@ -155,14 +167,30 @@ fn put_array(out: &mut Vec<u8>, a: &Array) {
         Array::U8(v) => out.extend_from_slice(v),
         Array::I8(v) => out.extend(v.iter().map(|x| *x as u8)),
         Array::Bool(v) => out.extend(v.iter().map(|x| *x as u8)),
-        Array::U16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Array::I16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Array::U32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Array::I32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Array::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Array::U64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Array::I64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Array::F64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::U16(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::I16(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::U32(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::I32(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::F32(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::U64(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::I64(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::F64(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         Array::String(v) => v.iter().for_each(|s| put_str(out, s)),
         Array::Array(v) => v.iter().for_each(|x| put_array(out, x)),
     }

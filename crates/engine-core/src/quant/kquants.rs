@@ -30,7 +30,8 @@ pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 pub fn q3k_scales(packed: &[u8]) -> [i8; 16] {
     const KMASK1: u32 = 0x0303_0303;
     const KMASK2: u32 = 0x0f0f_0f0f;
-    let rd = |o: usize| u32::from_le_bytes([packed[o], packed[o + 1], packed[o + 2], packed[o + 3]]);
+    let rd =
+        |o: usize| u32::from_le_bytes([packed[o], packed[o + 1], packed[o + 2], packed[o + 3]]);
     let (a0, a1, tmp) = (rd(0), rd(4), rd(8));
     let aux = [
         (a0 & KMASK2) | ((tmp & KMASK1) << 4),

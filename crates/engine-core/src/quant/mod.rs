@@ -85,9 +85,11 @@ pub fn quant_fn(dtype: DType) -> Option<QuantFn> {
 pub fn dequantize(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     let f = dequant_fn(dtype).ok_or(Error::UnsupportedType(dtype))?;
     let n = out.len();
-    let need = dtype
-        .row_bytes(n)
-        .ok_or_else(|| Error::Shape(format!("{n} elements is not a whole number of {dtype} blocks")))?;
+    let need = dtype.row_bytes(n).ok_or_else(|| {
+        Error::Shape(format!(
+            "{n} elements is not a whole number of {dtype} blocks"
+        ))
+    })?;
     if bytes.len() < need {
         return Err(Error::Shape(format!(
             "{dtype}: {n} elements need {need} bytes, have {}",

@@ -16,7 +16,11 @@ pub const KVALUES_MXFP4: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4,
 /// E8M0 exponent to f32: 2^(e-127) (e = 0 gives 2^-127, a subnormal).
 #[inline(always)]
 pub fn e8m0_to_f32(e: u8) -> f32 {
-    let bits = if e == 0 { 0x0040_0000 } else { (e as u32) << 23 };
+    let bits = if e == 0 {
+        0x0040_0000
+    } else {
+        (e as u32) << 23
+    };
     f32::from_bits(bits)
 }
 
