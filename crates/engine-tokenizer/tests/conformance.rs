@@ -1,0 +1,137 @@
+//! llama.cpp's tokenizer conformance vectors (`models/ggml-vocab-*.gguf` with `.inp`/`.out`),
+//! run the way `tests/test-tokenizer-0.cpp` runs them: `add_special = false`,
+//! `parse_special = false`, inputs split on `\n__ggml_vocab_test__\n`, expected ids one line
+//! per input, duplicate inputs keeping the last expectation.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use engine_gguf::GgufModel;
+use engine_tokenizer::{Tokenizer, TokenizerError};
+
+/// Reads the `.inp`/`.out` pair of a vocabulary.
+fn read_cases(vocab: &Path) -> BTreeMap<String, Vec<u32>> {
+    let inp = std::fs::read_to_string(format!("{}.inp", vocab.display())).expect("read .inp");
+    let out = std::fs::read_to_string(format!("{}.out", vocab.display())).expect("read .out");
+    // Split as test-tokenizer-0 does: a separator at the very end adds no empty input.
+    let sep = "\n__ggml_vocab_test__\n";
+    let mut inputs = Vec::new();
+    let mut pos = 0;
+    while pos < inp.len() {
+        match inp[pos..].find(sep) {
+            Some(k) => {
+                inputs.push(&inp[pos..pos + k]);
+                pos += k + sep.len();
+            }
+            None => {
+                inputs.push(&inp[pos..]);
+                break;
+            }
+        }
+    }
+    let outputs: Vec<&str> = out.lines().collect();
+    assert_eq!(inputs.len(), outputs.len(), "{}: .inp and .out disagree", vocab.display());
+    let mut cases = BTreeMap::new();
+    for (i, o) in inputs.iter().zip(outputs) {
+        let ids = o
+            .split_whitespace()
+            .map(|t| t.parse::<u32>().expect("token id"))
+            .collect();
+        cases.insert(i.to_string(), ids);
+    }
+    cases
+}
+
+struct Outcome {
+    name: String,
+    passed: usize,
+    total: usize,
+    failures: Vec<String>,
+}
+
+fn run_vocab(path: &Path) -> Result<Outcome, TokenizerError> {
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let model = GgufModel::open(path, true)?;
+    let tok = Tokenizer::from_gguf(&model)?;
+    let cases = read_cases(path);
+    let mut passed = 0;
+    let mut failures = Vec::new();
+    for (text, want) in &cases {
+        let got = tok.encode(text, false, false)?;
+        if &got == want {
+            passed += 1;
+        } else if failures.len() < 5 {
+            failures.push(format!("{text:?}\n    want {want:?}\n    got  {got:?}"));
+        }
+    }
+    Ok(Outcome {
+        name,
+        passed,
+        total: cases.len(),
+        failures,
+    })
+}
+
+#[test]
+fn llama_cpp_vocab_vectors() {
+    let dir = engine_testdata::vocab_dir().expect("llama.cpp vocab files");
+    let mut vocabs: Vec<_> = std::fs::read_dir(&dir)
+        .expect("vocab dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    vocabs.sort();
+    assert!(!vocabs.is_empty(), "no ggml-vocab-*.gguf in {}", dir.display());
+
+    let mut failed = Vec::new();
+    let mut skipped = Vec::new();
+    let mut total_cases = 0;
+    for path in &vocabs {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let has_vectors = Path::new(&format!("{}.inp", path.display())).exists();
+        let model = GgufModel::open(path, true).expect("open vocab");
+        let tok_model = model
+            .get_str("tokenizer.ggml.model")
+            .ok()
+            .flatten()
+            .unwrap_or("")
+            .to_string();
+        match (Tokenizer::from_gguf(&model), has_vectors) {
+            (Err(TokenizerError::UnsupportedModel { model, reason }), _) => {
+                // Only models outside SPM/BPE/WPM may be skipped.
+                assert!(
+                    !matches!(tok_model.as_str(), "llama" | "gpt2" | "bert" | "gemma4"),
+                    "{name}: {model} refused: {reason}"
+                );
+                skipped.push(format!("{name} (tokenizer.ggml.model = {model}: {reason})"));
+                continue;
+            }
+            (Err(e), _) => panic!("{name}: {e}"),
+            (Ok(_), false) => {
+                println!("{name:40} loads ({tok_model}); no test vectors");
+                continue;
+            }
+            (Ok(_), true) => {}
+        }
+        let outcome = run_vocab(path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        println!(
+            "{:40} {:>4}/{:<4} ({tok_model})",
+            outcome.name, outcome.passed, outcome.total
+        );
+        total_cases += outcome.total;
+        if outcome.passed != outcome.total {
+            failed.push(format!(
+                "{}: {}/{} passed\n  {}",
+                outcome.name,
+                outcome.passed,
+                outcome.total,
+                outcome.failures.join("\n  ")
+            ));
+        }
+    }
+    for s in &skipped {
+        println!("skipped: {s}");
+    }
+    println!("{total_cases} cases checked");
+    assert!(failed.is_empty(), "vocab conformance failures:\n{}", failed.join("\n"));
+}
