@@ -24,15 +24,23 @@ fn byte_token_value(text: &str) -> u8 {
     v as u8
 }
 
-/// Appends `text` with every `▁` (U+2581) turned into a space.
+/// Appends `text` with every `▁` (U+2581, bytes E2 96 81) turned into a space.
 fn push_unescaped(out: &mut Vec<u8>, text: &str) {
-    let mut rest = text;
-    while let Some(p) = rest.find('\u{2581}') {
-        out.extend_from_slice(&rest.as_bytes()[..p]);
-        out.push(b' ');
-        rest = &rest[p + '\u{2581}'.len_utf8()..];
+    let b = text.as_bytes();
+    // Tokens are short: a plain scan beats a vectorised search here.
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == 0xE2 && b.get(i + 1) == Some(&0x96) && b.get(i + 2) == Some(&0x81) {
+            out.extend_from_slice(&b[copied..i]);
+            out.push(b' ');
+            i += 3;
+            copied = i;
+        } else {
+            i += 1;
+        }
     }
-    out.extend_from_slice(rest.as_bytes());
+    out.extend_from_slice(&b[copied..]);
 }
 
 /// Appends the bytes a GPT-2 byte-encoded token stands for; characters outside the byte map
@@ -153,7 +161,7 @@ fn clean_spaces(text: &mut Vec<u8>) {
                 total -= 1;
             } else if x1 != b't' && x1 != b'd' && i + 2 < total3 {
                 let x2 = text[i + 2];
-                if (x1 == b'r' && x2 == b'e') || (x1 == b'v' && x2 == b'e') {
+                if x2 == b'e' && (x1 == b'r' || x1 == b'v') {
                     total -= 1;
                 }
             }

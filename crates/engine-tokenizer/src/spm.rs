@@ -65,8 +65,8 @@ pub(crate) fn tokenize(
         });
     }
     let n = symbols.len();
-    for i in 0..n.saturating_sub(1) {
-        symbols[i].next = Some(i + 1);
+    for (i, s) in symbols.iter_mut().enumerate().take(n.saturating_sub(1)) {
+        s.next = Some(i + 1);
     }
     let mut heap = BinaryHeap::new();
     let try_add = |heap: &mut BinaryHeap<Bigram>,

@@ -43,7 +43,8 @@ fn attr_from_type(t: i64) -> u16 {
 fn hash_str(s: &str) -> u64 {
     let mut h = FxHasher::default();
     h.write(s.as_bytes());
-    h.finish()
+    // Multiply-fold so that the top bits, used for the slot, depend on every input bit.
+    (h.finish() ^ (s.len() as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// All token texts in one buffer.
@@ -61,10 +62,12 @@ impl Texts {
 }
 
 /// Open-addressing map from token text to id. The texts live in [`Texts`], so building it
-/// allocates nothing per token.
+/// allocates nothing per token; each slot keeps 32 bits of the hash so that most probes
+/// never touch the text.
 struct TextIndex {
-    /// `id + 1`, or 0 for an empty slot.
-    slots: Vec<u32>,
+    /// `(hash tag, id + 1)`; id 0 marks an empty slot.
+    slots: Vec<(u32, u32)>,
+    shift: u32,
     mask: usize,
 }
 
@@ -72,7 +75,8 @@ impl TextIndex {
     fn build(texts: &Texts, n: usize) -> TextIndex {
         let size = (n * 2).next_power_of_two().max(16);
         let mut index = TextIndex {
-            slots: vec![0; size],
+            slots: vec![(0, 0); size],
+            shift: 64 - size.trailing_zeros(),
             mask: size - 1,
         };
         for id in 0..n as u32 {
@@ -81,15 +85,19 @@ impl TextIndex {
         index
     }
 
+    fn start(&self, h: u64) -> (usize, u32) {
+        ((h >> self.shift) as usize, h as u32)
+    }
+
     /// Inserts `id`; a later id with the same text replaces the earlier one, as llama.cpp's
     /// `token_to_id[text] = id` does.
     fn insert(&mut self, texts: &Texts, id: u32) {
         let text = texts.get(id);
-        let mut i = hash_str(text) as usize & self.mask;
+        let (mut i, tag) = self.start(hash_str(text));
         loop {
-            let slot = self.slots[i];
-            if slot == 0 || texts.get(slot - 1) == text {
-                self.slots[i] = id + 1;
+            let (t, slot) = self.slots[i];
+            if slot == 0 || (t == tag && texts.get(slot - 1) == text) {
+                self.slots[i] = (tag, id + 1);
                 return;
             }
             i = (i + 1) & self.mask;
@@ -97,13 +105,13 @@ impl TextIndex {
     }
 
     fn get(&self, texts: &Texts, text: &str) -> Option<u32> {
-        let mut i = hash_str(text) as usize & self.mask;
+        let (mut i, tag) = self.start(hash_str(text));
         loop {
-            let slot = self.slots[i];
+            let (t, slot) = self.slots[i];
             if slot == 0 {
                 return None;
             }
-            if texts.get(slot - 1) == text {
+            if t == tag && texts.get(slot - 1) == text {
                 return Some(slot - 1);
             }
             i = (i + 1) & self.mask;
@@ -143,6 +151,9 @@ pub struct SpecialIds {
     /// Fill-in-the-middle file separator.
     pub fim_sep: Option<u32>,
 }
+
+/// Selects one field of [`SpecialIds`].
+type IdSlot = fn(&mut SpecialIds) -> &mut Option<u32>;
 
 /// Behaviour switches of the tokenizer (llama.cpp's tokenizer flags).
 #[derive(Clone, Copy, Debug)]
@@ -460,7 +471,7 @@ impl Vocab {
                 *slot = None;
             }
         }
-        let keys: [(&str, fn(&mut SpecialIds) -> &mut Option<u32>); 17] = [
+        let keys: [(&str, IdSlot); 17] = [
             ("tokenizer.ggml.bos_token_id", |s| &mut s.bos),
             ("tokenizer.ggml.eos_token_id", |s| &mut s.eos),
             ("tokenizer.ggml.eot_token_id", |s| &mut s.eot),
@@ -566,7 +577,7 @@ impl Vocab {
 
     /// EOT/EOM/FIM detection by text, and unused-token detection.
     fn detect_special_tokens(&mut self) {
-        let table: [(&[&str], fn(&mut SpecialIds) -> &mut Option<u32>); 8] = [
+        let table: [(&[&str], IdSlot); 8] = [
             (EOT_NAMES, |s| &mut s.eot),
             (EOM_NAMES, |s| &mut s.eom),
             (FIM_PRE_NAMES, |s| &mut s.fim_pre),
@@ -635,7 +646,7 @@ impl Vocab {
         let has_flush = has(self, &eog, "<|flush|>");
         let end_id = eog.iter().copied().find(|&id| self.text(id) == "<|end|>");
         if let Some(end_id) = end_id {
-            if (has_return && has_call) || (has_call && has_flush) {
+            if has_call && (has_return || has_flush) {
                 eog.retain(|&id| id != end_id);
                 self.attrs[end_id as usize] = attr::USER_DEFINED;
             }

@@ -30,7 +30,12 @@ fn read_cases(vocab: &Path) -> BTreeMap<String, Vec<u32>> {
         }
     }
     let outputs: Vec<&str> = out.lines().collect();
-    assert_eq!(inputs.len(), outputs.len(), "{}: .inp and .out disagree", vocab.display());
+    assert_eq!(
+        inputs.len(),
+        outputs.len(),
+        "{}: .inp and .out disagree",
+        vocab.display()
+    );
     let mut cases = BTreeMap::new();
     for (i, o) in inputs.iter().zip(outputs) {
         let ids = o
@@ -81,7 +86,11 @@ fn llama_cpp_vocab_vectors() {
         .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
         .collect();
     vocabs.sort();
-    assert!(!vocabs.is_empty(), "no ggml-vocab-*.gguf in {}", dir.display());
+    assert!(
+        !vocabs.is_empty(),
+        "no ggml-vocab-*.gguf in {}",
+        dir.display()
+    );
 
     let mut failed = Vec::new();
     let mut skipped = Vec::new();
@@ -133,5 +142,9 @@ fn llama_cpp_vocab_vectors() {
         println!("skipped: {s}");
     }
     println!("{total_cases} cases checked");
-    assert!(failed.is_empty(), "vocab conformance failures:\n{}", failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "vocab conformance failures:\n{}",
+        failed.join("\n")
+    );
 }

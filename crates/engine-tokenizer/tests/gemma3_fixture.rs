@@ -12,7 +12,8 @@ use serde_json::Value;
 fn tokenizer() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
     TOK.get_or_init(|| {
-        let path = engine_testdata::gemma3_model().expect("the Gemma 3 270M model is needed for this test");
+        let path = engine_testdata::gemma3_model()
+            .expect("the Gemma 3 270M model is needed for this test");
         let model = GgufModel::open(&path, true).expect("open gemma3");
         Tokenizer::from_gguf(&model).expect("gemma3 tokenizer")
     })
@@ -54,7 +55,9 @@ fn all_records_encode_exactly() {
     assert_eq!(recs.len(), 60);
     let mut failures = Vec::new();
     for r in &recs {
-        let got = tok.encode(&r.text, r.add_bos, r.parse_special).expect("encode");
+        let got = tok
+            .encode(&r.text, r.add_bos, r.parse_special)
+            .expect("encode");
         if got != r.ids {
             failures.push(format!(
                 "{:?} (bos {}, special {})\n  want {:?}\n  got  {:?}",
@@ -62,7 +65,12 @@ fn all_records_encode_exactly() {
             ));
         }
     }
-    assert!(failures.is_empty(), "{} of 60 differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of 60 differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -112,12 +120,24 @@ fn metadata_and_special_tokens() {
     assert_eq!(tok.token_text(u32::MAX), None);
 
     assert_eq!(tok.encode("</s>", false, true).unwrap(), [212]);
-    assert_eq!(tok.encode("</s>", false, false).unwrap(), [954, 236751, 236813]);
+    assert_eq!(
+        tok.encode("</s>", false, false).unwrap(),
+        [954, 236751, 236813]
+    );
     assert_eq!(tok.encode("<s>", false, false).unwrap(), [203]);
-    assert_eq!(tok.encode("<bos>", false, false).unwrap(), [236820, 46757, 236813]);
+    assert_eq!(
+        tok.encode("<bos>", false, false).unwrap(),
+        [236820, 46757, 236813]
+    );
     assert_eq!(tok.encode("<bos>", false, true).unwrap(), [2]);
-    assert_eq!(tok.encode(&" ".repeat(40), true, false).unwrap(), [2, 167, 145]);
-    assert_eq!(tok.encode("  hello world  ", true, false).unwrap(), [2, 138, 23391, 1902, 138]);
+    assert_eq!(
+        tok.encode(&" ".repeat(40), true, false).unwrap(),
+        [2, 167, 145]
+    );
+    assert_eq!(
+        tok.encode("  hello world  ", true, false).unwrap(),
+        [2, 138, 23391, 1902, 138]
+    );
     // `\r` falls back to its byte token.
     assert_eq!(tok.encode("\r", false, false).unwrap(), [251]);
 }
@@ -133,12 +153,16 @@ fn pieces() {
     assert_eq!(tok.token_to_piece(203, false), b"<s>");
     assert_eq!(tok.token_to_piece(999_999, true), b"");
     assert_eq!(tok.decode(&[2, 23391, 1902, 1], false), "hello world");
-    assert_eq!(tok.decode(&[2, 23391, 1902, 1], true), "<bos>hello world<eos>");
+    assert_eq!(
+        tok.decode(&[2, 23391, 1902, 1], true),
+        "<bos>hello world<eos>"
+    );
 }
 
 #[test]
 fn speed() {
-    let path = engine_testdata::gemma3_model().expect("the Gemma 3 270M model is needed for this test");
+    let path =
+        engine_testdata::gemma3_model().expect("the Gemma 3 270M model is needed for this test");
     let model = GgufModel::open(&path, true).expect("open gemma3");
     let t0 = Instant::now();
     let tok = Tokenizer::from_gguf(&model).expect("gemma3 tokenizer");
@@ -161,6 +185,9 @@ fn speed() {
         n / runs as usize
     );
     // Generous bounds: the test profile is optimized, but the machine is shared.
-    assert!(per_100_chars.as_micros() < 1000, "encode too slow: {per_100_chars:?} per 100 chars");
+    assert!(
+        per_100_chars.as_micros() < 1000,
+        "encode too slow: {per_100_chars:?} per 100 chars"
+    );
     assert!(load.as_millis() < 2000, "load too slow: {load:?}");
 }
