@@ -8,19 +8,19 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use engine_gguf::{Array, GgufModel};
-use rustc_hash::FxHashMap;
 
 use crate::error::TokenizerError;
 use crate::pretokenize::{PreKind, PreSettings, PreTokenizer};
+use crate::strtab::{Keep, StrTable, StrTableBuilder};
 use crate::unicode::byte_to_char;
 use crate::vocab::Vocab;
 
 /// Merge ranks and the pre-tokenizer of a BPE vocabulary.
 pub(crate) struct Bpe {
-    /// (left piece, right piece) to merge rank; pieces are vocabulary ids, or ids past the
-    /// vocabulary for merge halves that are not tokens themselves.
-    ranks: FxHashMap<(u32, u32), u32>,
-    extra_pieces: FxHashMap<Box<str>, u32>,
+    /// The merge lines (`"left right"`), looked up by the text of a candidate pair.
+    merges: StrTable,
+    /// Rank of each entry of `merges`.
+    ranks: Vec<u32>,
     pre: PreTokenizer,
     ignore_merges: bool,
     /// Gemma 4 keeps runs of newlines whole when they are a token.
@@ -64,7 +64,6 @@ impl Bpe {
     /// Reads the merges and compiles the pre-tokenizer.
     pub(crate) fn load(
         gguf: &GgufModel,
-        vocab: &Vocab,
         settings: &PreSettings,
         ignore_merges: bool,
     ) -> Result<Bpe, TokenizerError> {
@@ -82,54 +81,44 @@ impl Bpe {
                 ))
             }
         };
-        let mut ranks = FxHashMap::default();
-        ranks.reserve(merges.len());
-        let mut extra_pieces: FxHashMap<Box<str>, u32> = FxHashMap::default();
-        let piece = |s: &str, extra: &mut FxHashMap<Box<str>, u32>| -> u32 {
-            if let Some(id) = vocab.token_id(s) {
-                return id;
-            }
-            let next = (vocab.len() + extra.len()) as u32;
-            *extra.entry(s.into()).or_insert(next)
-        };
+        // llama.cpp splits each line at the first space after its first byte and keeps the
+        // first rank of a repeated pair. A pair (left, right) then matches a line exactly when
+        // "left right" equals it and `left` has no space after its first byte.
+        let total: usize = merges.iter().map(|m| m.len()).sum();
+        let mut table = StrTableBuilder::with_capacity(merges.len(), total);
+        let mut ranks = Vec::with_capacity(merges.len());
         for (rank, m) in merges.iter().enumerate() {
-            // The separator is the first space after the first byte.
-            let Some(sp) = m
-                .as_bytes()
-                .iter()
-                .skip(1)
-                .position(|&b| b == b' ')
-                .map(|p| p + 1)
-            else {
-                continue;
-            };
-            let (a, b) = (&m[..sp], &m[sp + 1..]);
-            let key = (piece(a, &mut extra_pieces), piece(b, &mut extra_pieces));
-            ranks.entry(key).or_insert(rank as u32);
+            if m.as_bytes().iter().skip(1).any(|&b| b == b' ') {
+                table.push(m)?;
+                ranks.push(rank as u32);
+            }
         }
         Ok(Bpe {
+            merges: table.finish(Keep::First),
             ranks,
-            extra_pieces,
             pre: PreTokenizer::new(settings)?,
             ignore_merges,
             whole_newline_runs: settings.kind == PreKind::Gemma4,
         })
     }
 
-    fn piece_id(&self, vocab: &Vocab, s: &str) -> Option<u32> {
-        vocab.token_id(s).or_else(|| {
-            if self.extra_pieces.is_empty() {
-                None
-            } else {
-                self.extra_pieces.get(s).copied()
-            }
-        })
-    }
-
-    fn rank(&self, vocab: &Vocab, left: &str, right: &str) -> Option<u32> {
-        let l = self.piece_id(vocab, left)?;
-        let r = self.piece_id(vocab, right)?;
-        self.ranks.get(&(l, r)).copied()
+    fn rank(&self, left: &str, right: &str) -> Option<u32> {
+        if left.as_bytes().iter().skip(1).any(|&b| b == b' ') {
+            return None;
+        }
+        let n = left.len() + 1 + right.len();
+        let mut stack = [0u8; 256];
+        let mut heap = Vec::new();
+        let key: &mut [u8] = if n <= stack.len() {
+            &mut stack[..n]
+        } else {
+            heap.resize(n, 0);
+            &mut heap
+        };
+        key[..left.len()].copy_from_slice(left.as_bytes());
+        key[left.len()] = b' ';
+        key[left.len() + 1..].copy_from_slice(right.as_bytes());
+        self.merges.find_bytes(key).map(|i| self.ranks[i as usize])
     }
 
     /// Tokenizes one raw-text fragment and appends the ids to `out`.
@@ -192,7 +181,7 @@ impl Bpe {
             let (a, b) = (&symbols[l], &symbols[r]);
             let lt = &word[a.start..a.start + a.len];
             let rt = &word[b.start..b.start + b.len];
-            if let Some(rank) = self.rank(vocab, lt, rt) {
+            if let Some(rank) = self.rank(lt, rt) {
                 heap.push(Bigram {
                     left: l,
                     right: r,

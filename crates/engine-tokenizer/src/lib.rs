@@ -3,20 +3,37 @@
 //! [`Tokenizer::from_gguf`] reads `tokenizer.ggml.*` and builds one of:
 //!
 //! * **SPM** (`tokenizer.ggml.model = "llama"`): SentencePiece with byte fallback
-//!   ([`spm`]);
+//!   (module `spm`);
 //! * **BPE** (`"gpt2"`, and `"gemma4"`, which llama.cpp runs as BPE on raw UTF-8 with `▁`
 //!   for spaces): byte-level BPE behind the pre-tokenizer named by `tokenizer.ggml.pre`
-//!   ([`bpe`], [`pretokenize`], [`split_custom`]);
-//! * **WPM** (`"bert"`): WordPiece ([`wpm`]).
+//!   (modules `bpe`, `pretokenize`, `split_custom`);
+//! * **WPM** (`"bert"`): WordPiece (module `wpm`).
 //!
 //! Other models (`"t5"` Unigram, `"rwkv"`, `"plamo2"`, ...) are refused with
 //! [`TokenizerError::UnsupportedModel`], and an unknown `tokenizer.ggml.pre` with
 //! [`TokenizerError::UnknownPreTokenizer`], as llama.cpp refuses it.
 //!
-//! Encoding first cuts out special tokens ([`special`]): user-defined tokens always,
+//! Encoding first cuts out special tokens (module `special`): user-defined tokens always,
 //! control tokens only with `parse_special`. Decoding uses llama.cpp's `token_to_piece`
-//! rules and clean-up passes ([`decode`]); [`StreamDecoder`] does it incrementally.
-//! The vocabulary, special ids, flags and end-of-generation set come from [`vocab`].
+//! rules and clean-up passes (module `decode`); [`StreamDecoder`] does it incrementally.
+//! The vocabulary, special ids, flags and end-of-generation set come from module `vocab`,
+//! code point classes from module `unicode`.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let model = engine_gguf::GgufModel::open("model.gguf", true)?;
+//! let tok = engine_tokenizer::Tokenizer::from_gguf(&model)?;
+//! let ids = tok.encode("Hello world", true, false)?;
+//! println!("{ids:?} -> {:?}", tok.decode(&ids, false));
+//! let mut text = String::new();
+//! let mut stream = engine_tokenizer::StreamDecoder::new(false);
+//! for &id in &ids {
+//!     stream.push(&tok, id, &mut text);
+//! }
+//! stream.finish(&mut text);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Conformance
 //!
@@ -39,17 +56,18 @@
 
 #![warn(missing_docs)]
 
-pub mod bpe;
-pub mod decode;
-pub mod error;
-pub mod pretokenize;
-pub mod special;
-pub mod split_custom;
-pub mod spm;
-pub mod stream;
+mod bpe;
+mod decode;
+mod error;
+mod pretokenize;
+mod special;
+mod split_custom;
+mod spm;
+mod stream;
+mod strtab;
 mod unicode;
-pub mod vocab;
-pub mod wpm;
+mod vocab;
+mod wpm;
 
 use engine_gguf::GgufModel;
 
@@ -117,7 +135,6 @@ impl Tokenizer {
                 })?;
                 Engine::Bpe(Box::new(Bpe::load(
                     model,
-                    &vocab,
                     settings,
                     vocab.flags.ignore_merges,
                 )?))

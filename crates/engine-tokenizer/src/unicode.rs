@@ -170,21 +170,17 @@ pub(crate) fn byte_to_char(b: u8) -> char {
 
 /// Inverse of [`byte_to_char`].
 pub(crate) fn char_to_byte(c: char) -> Option<u8> {
-    let cp = c as u32;
-    match cp {
-        0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF => Some(cp as u8),
-        0x100..=0x143 => {
-            // The 68 non-printable bytes in increasing order.
-            let k = (cp - 0x100) as usize;
-            (0u16..256)
-                .map(|b| b as u8)
-                .filter(|&b| {
-                    !((0x21..=0x7E).contains(&b)
-                        || (0xA1..=0xAC).contains(&b)
-                        || (0xAE..=0xFF).contains(&b))
-                })
-                .nth(k)
+    const NONE: u16 = u16::MAX;
+    static MAP: OnceLock<[u16; 0x144]> = OnceLock::new();
+    let map = MAP.get_or_init(|| {
+        let mut map = [NONE; 0x144];
+        for b in 0..=255u8 {
+            map[byte_to_char(b) as usize] = b as u16;
         }
+        map
+    });
+    match map.get(c as usize) {
+        Some(&b) if b != NONE => Some(b as u8),
         _ => None,
     }
 }

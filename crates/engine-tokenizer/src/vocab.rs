@@ -6,13 +6,11 @@
 //! tokens), unused-token detection, the end-of-generation heuristics and the per-model token
 //! attribute fix-ups (lstrip/rstrip).
 
-use std::hash::Hasher;
-
 use engine_gguf::{Array, GgufModel};
-use rustc_hash::FxHasher;
 
 use crate::error::TokenizerError;
 use crate::pretokenize::PreSettings;
+use crate::strtab::{Keep, StrTable, StrTableBuilder};
 use crate::TokenizerKind;
 
 /// Token attribute bits (llama.cpp's `llama_token_attr`).
@@ -37,85 +35,6 @@ fn attr_from_type(t: i64) -> u16 {
         5 => attr::UNUSED,
         6 => attr::BYTE,
         _ => 0,
-    }
-}
-
-fn hash_str(s: &str) -> u64 {
-    let mut h = FxHasher::default();
-    h.write(s.as_bytes());
-    // Multiply-fold so that the top bits, used for the slot, depend on every input bit.
-    (h.finish() ^ (s.len() as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
-/// All token texts in one buffer.
-struct Texts {
-    buf: String,
-    /// Start of each token in `buf`, plus the end of the last one.
-    offs: Vec<u32>,
-}
-
-impl Texts {
-    fn get(&self, id: u32) -> &str {
-        let i = id as usize;
-        &self.buf[self.offs[i] as usize..self.offs[i + 1] as usize]
-    }
-}
-
-/// Open-addressing map from token text to id. The texts live in [`Texts`], so building it
-/// allocates nothing per token; each slot keeps 32 bits of the hash so that most probes
-/// never touch the text.
-struct TextIndex {
-    /// `(hash tag, id + 1)`; id 0 marks an empty slot.
-    slots: Vec<(u32, u32)>,
-    shift: u32,
-    mask: usize,
-}
-
-impl TextIndex {
-    fn build(texts: &Texts, n: usize) -> TextIndex {
-        let size = (n * 2).next_power_of_two().max(16);
-        let mut index = TextIndex {
-            slots: vec![(0, 0); size],
-            shift: 64 - size.trailing_zeros(),
-            mask: size - 1,
-        };
-        for id in 0..n as u32 {
-            index.insert(texts, id);
-        }
-        index
-    }
-
-    fn start(&self, h: u64) -> (usize, u32) {
-        ((h >> self.shift) as usize, h as u32)
-    }
-
-    /// Inserts `id`; a later id with the same text replaces the earlier one, as llama.cpp's
-    /// `token_to_id[text] = id` does.
-    fn insert(&mut self, texts: &Texts, id: u32) {
-        let text = texts.get(id);
-        let (mut i, tag) = self.start(hash_str(text));
-        loop {
-            let (t, slot) = self.slots[i];
-            if slot == 0 || (t == tag && texts.get(slot - 1) == text) {
-                self.slots[i] = (tag, id + 1);
-                return;
-            }
-            i = (i + 1) & self.mask;
-        }
-    }
-
-    fn get(&self, texts: &Texts, text: &str) -> Option<u32> {
-        let (mut i, tag) = self.start(hash_str(text));
-        loop {
-            let (t, slot) = self.slots[i];
-            if slot == 0 {
-                return None;
-            }
-            if t == tag && texts.get(slot - 1) == text {
-                return Some(slot - 1);
-            }
-            i = (i + 1) & self.mask;
-        }
     }
 }
 
@@ -185,8 +104,9 @@ pub(crate) struct Vocab {
     pub kind: TokenizerKind,
     /// `tokenizer.ggml.model`.
     pub model: String,
-    texts: Texts,
-    index: TextIndex,
+    /// Token texts, indexed by text (a later id wins over an earlier one with the same
+    /// text, as llama.cpp's `token_to_id[text] = id` does).
+    texts: StrTable,
     pub scores: Vec<f32>,
     pub attrs: Vec<u16>,
     pub max_token_len: usize,
@@ -434,35 +354,27 @@ impl Vocab {
             }
         }
 
-        let total: usize = tokens.iter().map(|t| t.len().max(16)).sum();
-        let mut buf = String::with_capacity(total);
-        let mut offs = Vec::with_capacity(n + 1);
+        let total: usize = tokens.iter().map(|t| t.len()).sum();
+        let mut texts = StrTableBuilder::with_capacity(n, total);
         let mut scores = Vec::with_capacity(n);
         let mut attrs = Vec::with_capacity(n);
         let mut max_token_len = 0;
         for (i, t) in tokens.iter().enumerate() {
-            offs.push(
-                u32::try_from(buf.len())
-                    .map_err(|_| TokenizerError::Metadata("token texts exceed 4 GiB".into()))?,
-            );
             if t.is_empty() {
-                buf.push_str(&format!("[EMPTY_{i}]"));
+                let name = format!("[EMPTY_{i}]");
+                max_token_len = max_token_len.max(name.len());
+                texts.push(&name)?;
             } else {
-                buf.push_str(t);
+                max_token_len = max_token_len.max(t.len());
+                texts.push(t)?;
             }
-            max_token_len = max_token_len.max(buf.len() - *offs.last().unwrap_or(&0) as usize);
             scores.push(scores_arr.and_then(|a| a.float_at(i)).unwrap_or(0.0) as f32);
             attrs.push(match types_arr {
                 Some(a) => attr_from_type(a.int_at(i).unwrap_or(0)),
                 None => attr::NORMAL,
             });
         }
-        offs.push(
-            u32::try_from(buf.len())
-                .map_err(|_| TokenizerError::Metadata("token texts exceed 4 GiB".into()))?,
-        );
-        let texts = Texts { buf, offs };
-        let index = TextIndex::build(&texts, n);
+        let texts = texts.finish(Keep::Last);
 
         let mut ids = setup.ids;
         // Defaults that do not fit the vocabulary are disabled.
@@ -523,7 +435,6 @@ impl Vocab {
             kind: setup.kind,
             model: String::new(),
             texts,
-            index,
             scores,
             attrs,
             max_token_len,
@@ -543,7 +454,7 @@ impl Vocab {
 
     /// Number of tokens.
     pub fn len(&self) -> usize {
-        self.attrs.len()
+        self.texts.len()
     }
 
     /// Text of a token (`id` must be in range).
@@ -558,7 +469,7 @@ impl Vocab {
 
     /// The id of a token text (llama.cpp's `text_to_token`).
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.index.get(&self.texts, text)
+        self.texts.find(text)
     }
 
     /// Attribute bits of a token (0 when out of range).

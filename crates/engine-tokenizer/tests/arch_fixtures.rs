@@ -76,6 +76,17 @@ fn every_arch_fixture_builds_a_tokenizer() {
             dec.finish(&mut streamed);
             assert!(!decoded.is_empty() && !streamed.is_empty(), "{name}");
         }
+        // Long runs must not trip the regex engines' backtracking limits.
+        for long in [
+            " ".repeat(10_000),
+            "\n".repeat(3000),
+            "x".repeat(20_000),
+            "日本".repeat(5000),
+            "Ab1 ".repeat(3000),
+        ] {
+            tok.encode(&long, true, true)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
         if let Some(eos) = tok.eos() {
             assert!(tok.is_eog(eos), "{name}: EOS ends generation");
         }

@@ -49,6 +49,7 @@ fn read_cases(vocab: &Path) -> BTreeMap<String, Vec<u32>> {
 
 struct Outcome {
     name: String,
+    load_ms: f64,
     passed: usize,
     total: usize,
     failures: Vec<String>,
@@ -57,7 +58,9 @@ struct Outcome {
 fn run_vocab(path: &Path) -> Result<Outcome, TokenizerError> {
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
     let model = GgufModel::open(path, true)?;
+    let t0 = std::time::Instant::now();
     let tok = Tokenizer::from_gguf(&model)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let cases = read_cases(path);
     let mut passed = 0;
     let mut failures = Vec::new();
@@ -71,6 +74,7 @@ fn run_vocab(path: &Path) -> Result<Outcome, TokenizerError> {
     }
     Ok(Outcome {
         name,
+        load_ms,
         passed,
         total: cases.len(),
         failures,
@@ -124,8 +128,8 @@ fn llama_cpp_vocab_vectors() {
         }
         let outcome = run_vocab(path).unwrap_or_else(|e| panic!("{name}: {e}"));
         println!(
-            "{:40} {:>4}/{:<4} ({tok_model})",
-            outcome.name, outcome.passed, outcome.total
+            "{:40} {:>4}/{:<4} ({tok_model}, loaded in {:.1} ms)",
+            outcome.name, outcome.passed, outcome.total, outcome.load_ms
         );
         total_cases += outcome.total;
         if outcome.passed != outcome.total {
