@@ -48,9 +48,13 @@
 //! * Character categories come from Unicode 16.0 (`unicode-general-category`); llama.cpp's
 //!   tables are Unicode 15.1, so only code points first assigned in 16.0 can split
 //!   differently.
-//! * Where llama.cpp picks among several candidate tokens in hash-map order (EOT/FIM
-//!   detection by text when the vocabulary has more than one candidate name) or sorts
-//!   special tokens of equal length unstably, the lowest id is used.
+//! * Where llama.cpp picks among several candidate tokens in hash-map order (EOT/EOM/FIM
+//!   detection by text when the vocabulary has more than one candidate name), the first
+//!   name in llama.cpp's candidate list wins; where it sorts special tokens of equal length
+//!   unstably, the lower id goes first. Neither affects the tokenization of the test
+//!   vectors. The first changes which id [`Tokenizer::eot`] reports (every EOT candidate
+//!   ends generation either way) and, for a vocabulary with several FIM padding, repository
+//!   or file-separator candidates, which one of them ends generation.
 //! * Inputs on which llama.cpp aborts (a missing byte-fallback token, a BOS that must be
 //!   added but does not exist) return an error instead.
 

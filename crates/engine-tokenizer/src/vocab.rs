@@ -478,8 +478,10 @@ impl Vocab {
     }
 
     fn find_named(&self, names: &[&str]) -> Option<u32> {
-        // llama.cpp takes the first match in hash-map order; the lowest id is used here.
-        names.iter().filter_map(|name| self.token_id(name)).min()
+        // llama.cpp takes the first match in its hash map's iteration order, which is not
+        // reproducible; the first name of the candidate list that exists is used here (for
+        // Llama 3 and Qwen 2 this gives `<|eot_id|>` and `<|im_end|>`, as llama.cpp reports).
+        names.iter().find_map(|name| self.token_id(name))
     }
 
     fn mark_control(&mut self, id: u32) {
