@@ -152,3 +152,43 @@ fn llama_cpp_vocab_vectors() {
         failed.join("\n")
     );
 }
+
+/// Chat markup with `parse_special = true` on real BPE vocabularies (ids as llama.cpp gives
+/// them for Llama 3 and Qwen 2 prompts).
+#[test]
+fn chat_markup_with_special_tokens() {
+    let dir = engine_testdata::vocab_dir().expect("llama.cpp vocab files");
+    let load = |name: &str| {
+        let model =
+            GgufModel::open(dir.join(format!("ggml-vocab-{name}.gguf")), true).expect("open vocab");
+        Tokenizer::from_gguf(&model).expect("tokenizer")
+    };
+    let llama3 = load("llama-bpe");
+    let prompt = "<|start_header_id|>user<|end_header_id|>\n\nhello<|eot_id|>";
+    assert_eq!(
+        llama3.encode(prompt, true, true).unwrap(),
+        [128000, 128006, 882, 128007, 271, 15339, 128009]
+    );
+    // Without parse_special the markup is plain text.
+    let plain = llama3.encode(prompt, false, false).unwrap();
+    assert!(!plain.contains(&128006) && !plain.contains(&128009));
+    assert_eq!(llama3.decode(&plain, false), prompt);
+    assert_eq!(llama3.eot(), Some(128009));
+    assert!(llama3.is_eog(128009) && llama3.is_eog(128001));
+
+    let qwen = load("qwen2");
+    assert_eq!(
+        qwen.encode("<|im_start|>user\nhello<|im_end|>", true, true)
+            .unwrap(),
+        [151644, 872, 198, 14990, 151645]
+    );
+    assert_eq!(qwen.eot(), Some(151645));
+    assert_eq!(
+        qwen.decode(&[151644, 872, 198, 14990, 151645], true),
+        "<|im_start|>user\nhello<|im_end|>"
+    );
+    assert_eq!(
+        qwen.decode(&[151644, 872, 198, 14990, 151645], false),
+        "user\nhello"
+    );
+}
