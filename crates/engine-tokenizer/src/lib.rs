@@ -43,11 +43,14 @@
 //! (a `"t5"` Unigram vocabulary) has no vectors and is not supported. `ggml-vocab-gemma-4`
 //! uses `tokenizer.ggml.model = "gemma4"`, which llama.cpp maps to BPE, so it is covered.
 //!
+//! Code point classes (category, whitespace, lowercase, first code point of the NFD form)
+//! come from the `unicode-general-category`, standard library and `unicode-normalization`
+//! tables, with the code points added after Unicode 15.1 treated as unassigned, so that
+//! they agree with llama.cpp's generated tables for every code point; a unit test checks
+//! this against llama.cpp's `unicode-data.cpp`.
+//!
 //! Known, deliberate differences from llama.cpp:
 //!
-//! * Character categories come from Unicode 16.0 (`unicode-general-category`); llama.cpp's
-//!   tables are Unicode 15.1, so only code points first assigned in 16.0 can split
-//!   differently.
 //! * Where llama.cpp picks among several candidate tokens in hash-map order (EOT/EOM/FIM
 //!   detection by text when the vocabulary has more than one candidate name), the first
 //!   name in llama.cpp's candidate list wins; where it sorts special tokens of equal length
