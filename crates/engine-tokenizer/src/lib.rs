@@ -7,9 +7,11 @@
 //! * **BPE** (`"gpt2"`, and `"gemma4"`, which llama.cpp runs as BPE on raw UTF-8 with `▁`
 //!   for spaces): byte-level BPE behind the pre-tokenizer named by `tokenizer.ggml.pre`
 //!   (modules `bpe`, `pretokenize`, `split_custom`);
-//! * **WPM** (`"bert"`): WordPiece (module `wpm`).
+//! * **WPM** (`"bert"`): WordPiece (module `wpm`);
+//! * **UGM** (`"t5"`): Unigram with SentencePiece's precompiled normalization map (module
+//!   `ugm`).
 //!
-//! Other models (`"t5"` Unigram, `"rwkv"`, `"plamo2"`, ...) are refused with
+//! Other models (`"rwkv"`, `"plamo2"`, `"hybriddna"`, ...) are refused with
 //! [`TokenizerError::UnsupportedModel`], and an unknown `tokenizer.ggml.pre` with
 //! [`TokenizerError::UnknownPreTokenizer`], as llama.cpp refuses it.
 //!
@@ -37,11 +39,13 @@
 //!
 //! # Conformance
 //!
-//! The tests run llama.cpp's `ggml-vocab-*.gguf` vectors for every SPM, BPE and WPM
-//! vocabulary that has them (`add_special = false`, `parse_special = false`, as
-//! `test-tokenizer-0` runs them), and the Gemma 3 270M fixtures. `ggml-vocab-nomic-bert-moe`
-//! (a `"t5"` Unigram vocabulary) has no vectors and is not supported. `ggml-vocab-gemma-4`
-//! uses `tokenizer.ggml.model = "gemma4"`, which llama.cpp maps to BPE, so it is covered.
+//! The tests run llama.cpp's `ggml-vocab-*.gguf` vectors for every vocabulary that has them
+//! (`add_special = false`, `parse_special = false`, as `test-tokenizer-0` runs them), and
+//! the Gemma 3 270M fixtures. `ggml-vocab-gemma-4` uses `tokenizer.ggml.model = "gemma4"`,
+//! which llama.cpp maps to BPE, so it is covered by the vectors. `ggml-vocab-nomic-bert-moe`
+//! (`"t5"`, Unigram) has no vectors; it is checked against known XLM-RoBERTa ids instead.
+//! `ggml-vocab-aquila`, `-baichuan` and `-gpt-neox` have no vectors and are only loaded.
+//! No vocabulary in llama.cpp's set is skipped.
 //!
 //! Code point classes (category, whitespace, lowercase, first code point of the NFD form)
 //! come from the `unicode-general-category`, standard library and `unicode-normalization`
@@ -72,6 +76,7 @@ mod split_custom;
 mod spm;
 mod stream;
 mod strtab;
+mod ugm;
 mod unicode;
 mod vocab;
 mod wpm;
@@ -85,6 +90,7 @@ pub use vocab::SpecialIds;
 use bpe::Bpe;
 use decode::Pieces;
 use special::{Fragment, SpecialTokens};
+use ugm::Ugm;
 use vocab::{attr, Vocab};
 
 /// The tokenization algorithm.
@@ -96,12 +102,15 @@ pub enum TokenizerKind {
     Bpe,
     /// WordPiece (`"bert"`).
     Wpm,
+    /// Unigram (`"t5"`).
+    Ugm,
 }
 
 enum Engine {
     Spm,
     Bpe(Box<Bpe>),
     Wpm,
+    Ugm(Box<Ugm>),
 }
 
 /// A tokenizer built from GGUF metadata. Immutable, `Send + Sync`; share it with `Arc`.
@@ -136,6 +145,7 @@ impl Tokenizer {
         let engine = match setup.kind {
             TokenizerKind::Spm => Engine::Spm,
             TokenizerKind::Wpm => Engine::Wpm,
+            TokenizerKind::Ugm => Engine::Ugm(Box::new(Ugm::load(model, &vocab)?)),
             TokenizerKind::Bpe => {
                 let settings = setup.pre_settings.as_ref().ok_or_else(|| {
                     TokenizerError::Metadata("BPE tokenizer without pre-tokenizer settings".into())
@@ -216,6 +226,20 @@ impl Tokenizer {
                                 bpe.tokenize(v, piece, &mut out)?;
                             }
                         }
+                        Fragment::Token(id) => out.push(*id),
+                    }
+                }
+                if add_special && v.flags.add_eos {
+                    out.push(need(v.ids.eos, "EOS")?);
+                }
+            }
+            Engine::Ugm(ugm) => {
+                if add_special && v.flags.add_bos {
+                    out.push(need(v.ids.bos, "BOS")?);
+                }
+                for f in &frags {
+                    match f {
+                        Fragment::Text(r) => ugm.tokenize(v, &text[r.clone()], &mut out)?,
                         Fragment::Token(id) => out.push(*id),
                     }
                 }

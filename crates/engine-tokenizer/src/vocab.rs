@@ -109,6 +109,8 @@ pub(crate) struct Vocab {
     texts: StrTable,
     pub scores: Vec<f32>,
     pub attrs: Vec<u16>,
+    /// Attributes as the token types give them, before llama.cpp's fix-ups.
+    type_attrs: Vec<u16>,
     pub max_token_len: usize,
     pub ids: SpecialIds,
     pub flags: Flags,
@@ -173,15 +175,17 @@ pub(crate) fn model_setup(gguf: &GgufModel) -> Result<ModelSetup, TokenizerError
         }
         "gemma4" => (TokenizerKind::Bpe, Some("gemma4".to_string())),
         "t5" => {
-            return Err(unsupported(
-                model,
-                "Unigram (UGM) tokenizers are not implemented; only SPM ('llama'), BPE ('gpt2', 'gemma4') and WPM ('bert') are",
-            ))
+            ids.eos = Some(1);
+            ids.unk = Some(2);
+            ids.pad = Some(0);
+            flags.add_bos = false;
+            flags.add_eos = true;
+            (TokenizerKind::Ugm, None)
         }
         "rwkv" | "plamo2" | "hybriddna" | "whitespace" | "test" => {
             return Err(unsupported(
                 model,
-                "only SPM ('llama'), BPE ('gpt2', 'gemma4') and WPM ('bert') tokenizers are implemented",
+                "only SPM ('llama'), BPE ('gpt2', 'gemma4'), WPM ('bert') and UGM ('t5') tokenizers are implemented",
             ))
         }
         "none" | "no_vocab" => return Err(unsupported(model, "the model has no vocabulary")),
@@ -436,6 +440,7 @@ impl Vocab {
             model: String::new(),
             texts,
             scores,
+            type_attrs: attrs.clone(),
             attrs,
             max_token_len,
             ids,
@@ -470,6 +475,11 @@ impl Vocab {
     /// The id of a token text (llama.cpp's `text_to_token`).
     pub fn token_id(&self, text: &str) -> Option<u32> {
         self.texts.find(text)
+    }
+
+    /// Attribute bits a token had before the special-token fix-ups (0 when out of range).
+    pub fn type_attr(&self, id: u32) -> u16 {
+        self.type_attrs.get(id as usize).copied().unwrap_or(0)
     }
 
     /// Attribute bits of a token (0 when out of range).

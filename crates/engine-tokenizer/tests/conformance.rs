@@ -111,9 +111,12 @@ fn llama_cpp_vocab_vectors() {
             .to_string();
         match (Tokenizer::from_gguf(&model), has_vectors) {
             (Err(TokenizerError::UnsupportedModel { model, reason }), _) => {
-                // Only models outside SPM/BPE/WPM may be skipped.
+                // Only models outside SPM/BPE/WPM/UGM may be skipped.
                 assert!(
-                    !matches!(tok_model.as_str(), "llama" | "gpt2" | "bert" | "gemma4"),
+                    !matches!(
+                        tok_model.as_str(),
+                        "llama" | "gpt2" | "bert" | "gemma4" | "t5"
+                    ),
                     "{name}: {model} refused: {reason}"
                 );
                 skipped.push(format!("{name} (tokenizer.ggml.model = {model}: {reason})"));
@@ -141,6 +144,9 @@ fn llama_cpp_vocab_vectors() {
                 outcome.failures.join("\n  ")
             ));
         }
+    }
+    if skipped.is_empty() {
+        println!("skipped: none");
     }
     for s in &skipped {
         println!("skipped: {s}");
@@ -191,4 +197,40 @@ fn chat_markup_with_special_tokens() {
         qwen.decode(&[151644, 872, 198, 14990, 151645], false),
         "user\nhello"
     );
+}
+
+/// `ggml-vocab-nomic-bert-moe` (XLM-RoBERTa's Unigram vocabulary, `tokenizer.ggml.model =
+/// "t5"`) has no `.inp`/`.out` vectors; these are the ids XLM-RoBERTa's reference tokenizer
+/// gives, which llama.cpp reproduces.
+#[test]
+fn unigram_known_answers() {
+    let dir = engine_testdata::vocab_dir().expect("llama.cpp vocab files");
+    let model =
+        GgufModel::open(dir.join("ggml-vocab-nomic-bert-moe.gguf"), true).expect("open vocab");
+    let tok = Tokenizer::from_gguf(&model).expect("tokenizer");
+    assert_eq!(tok.kind(), engine_tokenizer::TokenizerKind::Ugm);
+    assert_eq!(
+        tok.encode("Hello world", true, false).unwrap(),
+        [0, 35378, 8999, 2]
+    );
+    assert_eq!(
+        tok.encode("Hello, my dog is cute", true, false).unwrap(),
+        [0, 35378, 4, 759, 10269, 83, 99942, 2]
+    );
+    // Extra whitespace is removed, and the character map normalizes (NFKC-like).
+    assert_eq!(
+        tok.encode("  Hello   world  ", false, false).unwrap(),
+        [35378, 8999]
+    );
+    assert_eq!(
+        tok.encode("ＡＢＣ", false, false).unwrap(),
+        tok.encode("ABC", false, false).unwrap()
+    );
+    assert_eq!(
+        tok.encode("e\u{301}", false, false).unwrap(),
+        tok.encode("é", false, false).unwrap()
+    );
+    assert_eq!(tok.encode("", true, false).unwrap(), [0, 2]);
+    assert_eq!(tok.encode("<mask>", false, true).unwrap(), [250001]);
+    assert_eq!(tok.decode(&[35378, 8999], false), "Hello world");
 }

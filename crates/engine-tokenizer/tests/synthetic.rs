@@ -295,7 +295,7 @@ fn unsupported_metadata_gives_clear_errors() {
         }
         other => panic!("expected an unknown pre-tokenizer error, got {other:?}"),
     }
-    for m in ["t5", "rwkv", "whatever"] {
+    for m in ["plamo2", "rwkv", "whatever"] {
         match base(m, None) {
             Err(e @ TokenizerError::UnsupportedModel { .. }) => {
                 assert!(e.to_string().contains(m), "{e}")
