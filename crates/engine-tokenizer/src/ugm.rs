@@ -189,15 +189,23 @@ impl Ugm {
         if let Some(hit) = self.charsmap.longest(input)? {
             return Ok(hit);
         }
-        // Input is valid UTF-8: one character passes unchanged.
+        // One character passes unchanged; a malformed one (possible after a user-defined
+        // prefix that ends inside a character) becomes U+FFFD, consuming one byte. The checks
+        // are llama.cpp's: the lead byte and the continuation bytes only.
         let len = match input[0] {
             b if b < 0x80 => 1,
             b if b >> 5 == 0b110 => 2,
             b if b >> 4 == 0b1110 => 3,
-            _ => 4,
+            b if b >> 3 == 0b11110 => 4,
+            _ => 0,
+        };
+        let valid =
+            len > 0 && len <= input.len() && input[1..len].iter().all(|&b| b & 0xC0 == 0x80);
+        if valid {
+            Ok((&input[..len], len))
+        } else {
+            Ok(("\u{FFFD}".as_bytes(), 1))
         }
-        .min(input.len());
-        Ok((&input[..len], len))
     }
 
     fn normalize(&self, vocab: &Vocab, input: &str) -> Result<Vec<u8>, TokenizerError> {
@@ -263,6 +271,9 @@ impl Ugm {
             })
             .collect();
         best[0].score = 0.0;
+        // When the normalized text is valid UTF-8, pieces (whole characters) can only end on
+        // character boundaries, which saves most lookups.
+        let boundaries_only = std::str::from_utf8(&norm).is_ok();
         let mut off = 0;
         while off < n {
             let char_len = match norm[off] >> 4 {
@@ -275,6 +286,10 @@ impl Ugm {
             let base = best[off].score;
             let mut single = false;
             for len in 1..=self.max_piece_len.min(n - off) {
+                // Pieces are whole UTF-8 characters: only try ends on character boundaries.
+                if boundaries_only && norm.get(off + len).is_some_and(|&b| b & 0xC0 == 0x80) {
+                    continue;
+                }
                 let Some(i) = self.pieces.find_bytes(&norm[off..off + len]) else {
                     continue;
                 };
