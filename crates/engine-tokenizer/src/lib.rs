@@ -63,7 +63,12 @@
 //!   ends generation either way) and, for a vocabulary with several FIM padding, repository
 //!   or file-separator candidates, which one of them ends generation.
 //! * Inputs on which llama.cpp aborts (a missing byte-fallback token, a BOS that must be
-//!   added but does not exist) return an error instead.
+//!   added but does not exist, a WordPiece word with no unknown token to fall back to)
+//!   return an error instead.
+//! * Text is `&str`, so llama.cpp's reading of invalid UTF-8 input (each bad byte as
+//!   U+FFFD) never comes into play.
+//! * The `"hybriddna"` and `"whitespace"` tokenizer models (llama.cpp special cases of
+//!   BPE) are refused, as are `"rwkv"` and `"plamo2"`.
 
 #![warn(missing_docs)]
 
@@ -171,6 +176,12 @@ impl Tokenizer {
     /// Tokenizes `text`. `add_special` adds BOS/EOS as the metadata says (llama.cpp's
     /// `add_special`; for WordPiece it adds CLS and SEP); `parse_special` lets control-token
     /// text in `text` become control tokens (user-defined tokens are always recognised).
+    ///
+    /// # Errors
+    ///
+    /// Only where llama.cpp would abort: a special token that must be added is missing,
+    /// SentencePiece byte fallback finds no token for a byte, or a pre-tokenizer regex
+    /// exceeds its backtracking limit.
     pub fn encode(
         &self,
         text: &str,
