@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod buffer;
+pub mod fma;
 pub mod kernels;
 pub mod matmul;
 pub mod ops;
@@ -496,7 +497,15 @@ impl Backend for CpuBackend {
             softcap: spec.softcap,
             window: spec.window,
         };
-        let round_q = k.dtype() == DType::F16;
+        // llama.cpp's CPU flash attention, which these numbers follow: with an f16 cache and
+        // fewer than 64 queries per call it rounds Q to f16 and accumulates V in f16;
+        // otherwise it works in f32 tiles.
+        // Numerics follow llama.cpp's CPU flash attention with an f16 cache, path by path:
+        // a single query over a long cache is split across threads, fewer than 64 queries
+        // accumulate in f16, more use f32 tiles.
+        let f16_cache = k.dtype() == DType::F16 && v.dtype() == DType::F16;
+        let f16_path = f16_cache && n < ops::attention::F16_ACCUM_MAX_QUERIES;
+        let n_threads = self.pool.n_threads();
         let qs = f32s(q)?;
         let os = f32s_mut(out)?;
         let op = SendPtr(os.as_mut_ptr());
@@ -504,25 +513,38 @@ impl Backend for CpuBackend {
         self.pool.run(n * nh, &|task| {
             let (t, h) = (task / nh, task % nh);
             let qrow = &qs[t * nh * hd + h * hd..t * nh * hd + (h + 1) * hd];
-            let mut qbuf = [0.0f32; ops::attention::MAX_HEAD_DIM];
-            let qh = if round_q {
-                ops::attention::round_to_f16(qrow, &mut qbuf[..hd]);
-                &qbuf[..hd]
-            } else {
-                qrow
-            };
             let qp = spec.queries[t];
             // SAFETY: each task writes its own (token, head) slice.
             let o = unsafe { op.slice(t * nh * hv + h * hv, hv) };
-            ops::attention::attend(
-                &job,
-                qh,
+            let (kvh, base, pos, sink) = (
                 h / group,
                 qp.kv_base as usize,
                 qp.pos as usize,
                 sinks.map(|s| s[h]),
-                o,
             );
+            if f16_path {
+                let mut qbuf = [0u16; ops::attention::MAX_HEAD_DIM];
+                ops::attention::to_f16_bits(qrow, &mut qbuf[..hd]);
+                let padded = (pos + 1).div_ceil(ops::attention::KV_PAD) * ops::attention::KV_PAD;
+                if n == 1 && padded >= ops::attention::SPLIT_KV_MIN {
+                    ops::attention::attend_split_kv(
+                        &job,
+                        &qbuf[..hd],
+                        kvh,
+                        base,
+                        pos,
+                        sink,
+                        n_threads,
+                        o,
+                    );
+                } else {
+                    ops::attention::attend_f16_accum(&job, &qbuf[..hd], kvh, base, pos, sink, o);
+                }
+            } else if f16_cache {
+                ops::attention::attend_tiled(&job, qrow, kvh, base, pos, sink, o);
+            } else {
+                ops::attention::attend(&job, qrow, kvh, base, pos, sink, o);
+            }
         });
         Ok(())
     }

@@ -66,11 +66,11 @@ pub fn matmul(
     let chunk = if n == 1 { DECODE_ROWS } else { PREFILL_ROWS };
     let n_chunks = m.div_ceil(chunk);
     let op = SendPtr(out.as_mut_ptr());
-    let dot = kern.dot;
     pool.run(n_chunks, &|c| {
         let r0 = c * chunk;
         let r1 = (r0 + chunk).min(m);
         for col in 0..n {
+            let dot = kern.select(m, n, col);
             let a = &acts[col * a_row..(col + 1) * a_row];
             // SAFETY: this task alone writes out[col * m + r0 .. col * m + r1].
             let o = unsafe { op.slice(col * m + r0, r1 - r0) };

@@ -36,6 +36,11 @@ impl Default for ContextOptions {
     }
 }
 
+/// Receives intermediate tensors during a forward pass, for debugging and inspection:
+/// `(name, values, rows, cols)`. Names follow llama.cpp's graph (`attn_norm-3`, `Qcur-3`,
+/// `kqv_out-3`, `l_out-3`, ...), so dumps of both engines line up.
+pub type TensorObserver = Box<dyn FnMut(&str, &[f32], usize, usize) + Send>;
+
 /// Cached keys and values of one attention layer: `[n_seq * n_ctx, n_kv_head * head_dim]`.
 pub struct LayerKv {
     /// Keys.
@@ -51,6 +56,8 @@ pub struct Context {
     pub(crate) seq_len: Vec<usize>,
     pub(crate) kv: Vec<Option<LayerKv>>,
     pub(crate) scratch: Option<Box<dyn Any + Send>>,
+    pub(crate) observer: Option<TensorObserver>,
+    pub(crate) observe_buf: Vec<f32>,
     pending: Vec<(u32, usize)>,
 }
 
@@ -91,6 +98,8 @@ impl Context {
             opts,
             kv,
             scratch: None,
+            observer: None,
+            observe_buf: Vec::new(),
         })
     }
 
@@ -103,6 +112,23 @@ impl Context {
             .flatten()
             .map(|(k, v)| rows * (*k + *v) as u64 * per_elem)
             .sum()
+    }
+
+    /// Installs (or removes) an observer of intermediate tensors. Observing copies every
+    /// intermediate to the host, so it is for debugging, not for speed.
+    pub fn set_observer(&mut self, observer: Option<TensorObserver>) {
+        self.observer = observer;
+    }
+
+    /// Hands `t` to the observer, if one is installed.
+    pub(crate) fn observe(&mut self, name: std::fmt::Arguments, t: &Tensor) -> Result<()> {
+        if let Some(obs) = self.observer.as_mut() {
+            let n = t.shape().numel();
+            self.observe_buf.resize(n, 0.0);
+            self.backend.read_f32(t, &mut self.observe_buf)?;
+            obs(&name.to_string(), &self.observe_buf, t.rows(), t.cols());
+        }
+        Ok(())
     }
 
     /// The sizes this context was made with.

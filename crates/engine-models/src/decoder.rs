@@ -322,6 +322,7 @@ impl Decoder {
             if let Some(sc) = self.cfg.embed_scale {
                 be.scale(&mut s.x, sc)?;
             }
+            ctx.observe(format_args!("inp_scaled"), &s.x)?;
             for (l, lw) in self.layers.iter().enumerate() {
                 let (nh, nkv, ff) = (hp.n_head[l], hp.n_head_kv[l], hp.n_ff[l]);
                 let (hd, hv) = (hp.head_dim, hp.head_dim_v);
@@ -333,6 +334,7 @@ impl Decoder {
                 s.up.reshape(&[n, ff])?;
 
                 be.rms_norm(&s.x, Some(&lw.attn_norm), hp.rms_eps, &mut s.h)?;
+                ctx.observe(format_args!("attn_norm-{l}"), &s.h)?;
                 be.matmul(&s.h, &lw.wq, &mut s.q)?;
                 be.matmul(&s.h, &lw.wk, &mut s.k)?;
                 be.matmul(&s.h, &lw.wv, &mut s.v)?;
@@ -355,8 +357,13 @@ impl Decoder {
                     be.rms_norm_inplace(&mut s.k, Some(w), hp.rms_eps)?;
                     s.k.reshape(&[n, nkv * hd])?;
                 }
+                ctx.observe(format_args!("Qcur_normed-{l}"), &s.q)?;
+                ctx.observe(format_args!("Kcur_normed-{l}"), &s.k)?;
+                ctx.observe(format_args!("Vcur-{l}"), &s.v)?;
                 be.rope(&mut s.q, pos, &self.rope_spec(l, nh))?;
                 be.rope(&mut s.k, pos, &self.rope_spec(l, nkv))?;
+                ctx.observe(format_args!("Qcur_rope-{l}"), &s.q)?;
+                ctx.observe(format_args!("Kcur_rope-{l}"), &s.k)?;
                 if let Some(sc) = self.cfg.q_prescale {
                     be.scale(&mut s.q, sc)?;
                 }
@@ -379,7 +386,9 @@ impl Decoder {
                     queries: &s.queries,
                 };
                 be.attention(&s.q, &kv.k, &kv.v, &spec, &mut s.attn)?;
+                ctx.observe(format_args!("kqv_out-{l}"), &s.attn)?;
                 be.matmul(&s.attn, &lw.wo, &mut s.o)?;
+                ctx.observe(format_args!("attn_out-{l}"), &s.o)?;
                 if let Some(b) = &lw.bo {
                     be.add_bias(&mut s.o, b)?;
                 }
@@ -387,13 +396,18 @@ impl Decoder {
                     be.rms_norm_inplace(&mut s.o, Some(w), hp.rms_eps)?;
                 }
                 be.add(&mut s.x, &s.o)?;
+                ctx.observe(format_args!("sa_out-{l}"), &s.x)?;
 
                 be.rms_norm(&s.x, Some(&lw.ffn_norm), hp.rms_eps, &mut s.h)?;
+                ctx.observe(format_args!("ffn_norm-{l}"), &s.h)?;
                 be.matmul(&s.h, &lw.ffn_up, &mut s.up)?;
                 match &lw.ffn_gate {
                     Some(g) => {
                         be.matmul(&s.h, g, &mut s.gate)?;
+                        ctx.observe(format_args!("ffn_gate-{l}"), &s.gate)?;
+                        ctx.observe(format_args!("ffn_up-{l}"), &s.up)?;
                         be.glu(self.cfg.act, &mut s.gate, &s.up)?;
+                        ctx.observe(format_args!("ffn_geglu-{l}"), &s.gate)?;
                         be.matmul(&s.gate, &lw.ffn_down, &mut s.o)?;
                     }
                     None => {
@@ -401,10 +415,12 @@ impl Decoder {
                         be.matmul(&s.up, &lw.ffn_down, &mut s.o)?;
                     }
                 }
+                ctx.observe(format_args!("ffn_out-{l}"), &s.o)?;
                 if let Some(w) = &lw.ffn_post_norm {
                     be.rms_norm_inplace(&mut s.o, Some(w), hp.rms_eps)?;
                 }
                 be.add(&mut s.x, &s.o)?;
+                ctx.observe(format_args!("l_out-{l}"), &s.x)?;
             }
 
             s.out_idx.clear();

@@ -140,3 +140,14 @@ pub fn gemma3_model() -> Result<PathBuf, String> {
     }
     Err("the Gemma 3 270M model is not available (set ENGINE_GEMMA3_GGUF)".into())
 }
+
+/// Index of the largest value (first on ties).
+pub fn argmax(x: &[f32]) -> u32 {
+    let mut best = (0usize, f32::NEG_INFINITY);
+    for (i, &v) in x.iter().enumerate() {
+        if v > best.1 {
+            best = (i, v);
+        }
+    }
+    best.0 as u32
+}

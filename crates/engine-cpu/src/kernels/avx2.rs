@@ -49,6 +49,31 @@ pub fn dot_fn(w: DType) -> Option<DotFn> {
     })
 }
 
+/// The llama.cpp-order variants for a weight type (see [`super::Variants`]).
+pub fn variants(w: DType) -> super::Variants {
+    macro_rules! wrap {
+        ($f:ident) => {{
+            fn safe(n: usize, w: &[u8], a: &[u8]) -> f32 {
+                // SAFETY: as in `dot_fn`.
+                unsafe { $f(n, w, a) }
+            }
+            Some(safe as DotFn)
+        }};
+    }
+    match w {
+        DType::Q4_K => super::Variants {
+            repack_gemv: wrap!(dot_q4_k_gemv),
+            repack_gemm: wrap!(dot_q4_k_gemm),
+            tiled: wrap!(dot_q4_k_tiled),
+        },
+        DType::Q6_K => super::Variants {
+            tiled: wrap!(dot_q6_k_tiled),
+            ..Default::default()
+        },
+        _ => super::Variants::default(),
+    }
+}
+
 #[inline(always)]
 unsafe fn f16(p: *const u8) -> f32 {
     let h = (p as *const u16).read_unaligned();
@@ -293,22 +318,87 @@ unsafe fn scale_pair(lo: i32, hi: i32) -> __m256i {
     _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
 }
 
+/// One Q4_K super-block against Q8_K: the scaled products as eight i32 lanes (ggml's lane
+/// layout) and the exact min corrections in the four groups ggml's `vec_dot` uses
+/// (`m[2u]*b[2u] + m[2u+1]*b[2u+1]` over 32-element sums `b`).
+#[inline(always)]
+unsafe fn q4k_block(x: *const u8, y: *const u8) -> (__m256i, [i32; 4]) {
+    let xs = std::slice::from_raw_parts(x, 144);
+    let m4 = _mm256_set1_epi8(0x0f);
+    let mut mins = [0i32; 4];
+    let mut isum = _mm256_setzero_si256();
+    for j in 0..4 {
+        let (s1, m1) = scale_min_k4(2 * j, &xs[4..16]);
+        let (s2, m2) = scale_min_k4(2 * j + 1, &xs[4..16]);
+        mins[j] = m1 as i32 * (q8k_bsum(y, 4 * j) + q8k_bsum(y, 4 * j + 1))
+            + m2 as i32 * (q8k_bsum(y, 4 * j + 2) + q8k_bsum(y, 4 * j + 3));
+        let q = load(x.add(16 + 32 * j));
+        let q8 = y.add(4 + 64 * j);
+        let lo = _mm256_maddubs_epi16(_mm256_and_si256(q, m4), load(q8));
+        let hi = _mm256_maddubs_epi16(
+            _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+            load(q8.add(32)),
+        );
+        let lo = _mm256_madd_epi16(_mm256_set1_epi16(s1 as i16), lo);
+        let hi = _mm256_madd_epi16(_mm256_set1_epi16(s2 as i16), hi);
+        isum = _mm256_add_epi32(isum, _mm256_add_epi32(lo, hi));
+    }
+    (isum, mins)
+}
+
+/// Q4_K in ggml's `vec_dot` order: eight f32 lanes for the products, four for the mins.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let (pw, pa) = (w.as_ptr(), a.as_ptr());
-    let m4 = _mm256_set1_epi8(0x0f);
     let mut acc = _mm256_setzero_ps();
-    let mut mins = 0.0f32;
+    let mut acc_m = _mm_setzero_ps();
+    for b in 0..n / 256 {
+        let (x, y) = (pw.add(144 * b), pa.add(292 * b));
+        let dy = q8k_d(y);
+        let d = dy * f16(x);
+        let dmin = -dy * f16(x.add(2));
+        let (isum, mins) = q4k_block(x, y);
+        let prod = _mm_setr_epi32(mins[0], mins[1], mins[2], mins[3]);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
+    }
+    let acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+    let acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
+    hsum_ps(acc) + _mm_cvtss_f32(acc_m)
+}
+
+/// Q4_K as ggml's repacked x86 GEMV: one FMA per super-block for the products and one for
+/// the mins, subtracted at the end.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_k_gemv(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (pw, pa) = (w.as_ptr(), a.as_ptr());
+    let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
+    for b in 0..n / 256 {
+        let (x, y) = (pw.add(144 * b), pa.add(292 * b));
+        let dy = q8k_d(y);
+        let (isum, mins) = q4k_block(x, y);
+        let summ = mins.iter().sum::<i32>();
+        acc = (hsum_epi32(isum) as f32).mul_add(f16(x) * dy, acc);
+        acc_min = (summ as f32).mul_add(f16(x.add(2)) * dy, acc_min);
+    }
+    acc - acc_min
+}
+
+/// Q4_K as ggml's repacked x86 GEMM: one FMA per 64 elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_k_gemm(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (pw, pa) = (w.as_ptr(), a.as_ptr());
+    let m4 = _mm256_set1_epi8(0x0f);
+    let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
     for b in 0..n / 256 {
         let (x, y) = (pw.add(144 * b), pa.add(292 * b));
         let xs = std::slice::from_raw_parts(x, 144);
         let dy = q8k_d(y);
-        let mut summ = 0i32;
-        let mut isum = _mm256_setzero_si256();
+        let (d, dmin) = (f16(x) * dy, f16(x.add(2)) * dy);
         for j in 0..4 {
             let (s1, m1) = scale_min_k4(2 * j, &xs[4..16]);
             let (s2, m2) = scale_min_k4(2 * j + 1, &xs[4..16]);
-            summ += m1 as i32 * (q8k_bsum(y, 4 * j) + q8k_bsum(y, 4 * j + 1))
+            let summ = m1 as i32 * (q8k_bsum(y, 4 * j) + q8k_bsum(y, 4 * j + 1))
                 + m2 as i32 * (q8k_bsum(y, 4 * j + 2) + q8k_bsum(y, 4 * j + 3));
             let q = load(x.add(16 + 32 * j));
             let q8 = y.add(4 + 64 * j);
@@ -319,12 +409,26 @@ unsafe fn dot_q4_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
             );
             let lo = _mm256_madd_epi16(_mm256_set1_epi16(s1 as i16), lo);
             let hi = _mm256_madd_epi16(_mm256_set1_epi16(s2 as i16), hi);
-            isum = _mm256_add_epi32(isum, _mm256_add_epi32(lo, hi));
+            acc = (hsum_epi32(_mm256_add_epi32(lo, hi)) as f32).mul_add(d, acc);
+            acc_min = (summ as f32).mul_add(dmin, acc_min);
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16(x)), _mm256_cvtepi32_ps(isum), acc);
-        mins += dy * f16(x.add(2)) * summ as f32;
     }
-    hsum_ps(acc) - mins
+    acc - acc_min
+}
+
+/// Q4_K as ggml's tiled K-quant kernel: per super-block `fma(d*s1 - dmin*s2, dy, acc)`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_k_tiled(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (pw, pa) = (w.as_ptr(), a.as_ptr());
+    let mut acc = 0.0f32;
+    for b in 0..n / 256 {
+        let (x, y) = (pw.add(144 * b), pa.add(292 * b));
+        let (isum, mins) = q4k_block(x, y);
+        let s2 = mins.iter().sum::<i32>() as f32;
+        let res = (-f16(x.add(2))).mul_add(s2, f16(x) * hsum_epi32(isum) as f32);
+        acc = res.mul_add(q8k_d(y), acc);
+    }
+    acc
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -370,16 +474,33 @@ unsafe fn dot_q5_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     hsum_ps(acc) - mins
 }
 
+/// Q6_K. The codes are multiplied unsigned (0..63) and the `-32` offset is removed per
+/// i32 lane from the block sums at the end, as ggml's x86 kernel does, so the f32 lanes
+/// (and hence the rounding) match llama.cpp's.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q6_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    q6_k::<false>(n, w, a)
+}
+
+/// Q6_K as ggml's tiled K-quant kernel.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q6_k_tiled(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    q6_k::<true>(n, w, a)
+}
+
+#[inline(always)]
+unsafe fn q6_k<const TILED: bool>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let (pw, pa) = (w.as_ptr(), a.as_ptr());
     let m4 = _mm256_set1_epi8(0x0f);
     let m2 = _mm256_set1_epi8(0x03);
-    let m32 = _mm256_set1_epi8(32);
     let mut acc = _mm256_setzero_ps();
+    let mut tiled_acc = 0.0f32;
     for b in 0..n / 256 {
         let (x, y) = (pw.add(210 * b), pa.add(292 * b));
-        let dy = q8k_d(y);
+        let d = q8k_d(y) * f16(x.add(208));
+        let bsums = load(y.add(260));
+        let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(192) as *const __m128i));
+        let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5);
         let mut isum = _mm256_setzero_si256();
         for chunk in 0..2 {
             let ql = x.add(64 * chunk);
@@ -407,21 +528,24 @@ unsafe fn dot_q6_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
                 ),
             ];
             for (g, c) in codes.iter().enumerate() {
-                let y8 = load(q8.add(32 * g));
-                // (code - 32) * q8 = code * q8 - 32 * q8, both exact in i16.
-                let p =
-                    _mm256_sub_epi16(_mm256_maddubs_epi16(*c, y8), _mm256_maddubs_epi16(m32, y8));
+                let p = _mm256_maddubs_epi16(*c, load(q8.add(32 * g)));
                 let s = scale_pair(*sc.add(2 * g) as i32, *sc.add(2 * g + 1) as i32);
                 isum = _mm256_add_epi32(isum, _mm256_madd_epi16(s, p));
             }
         }
-        acc = _mm256_fmadd_ps(
-            _mm256_set1_ps(dy * f16(x.add(208))),
-            _mm256_cvtepi32_ps(isum),
-            acc,
-        );
+        isum = _mm256_sub_epi32(isum, offset);
+        if TILED {
+            // ggml's tiled K-quant kernel: exact total, then fma(d_w * s1, d_a, acc)
+            tiled_acc = (f16(x.add(208)) * hsum_epi32(isum) as f32).mul_add(q8k_d(y), tiled_acc);
+        } else {
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
+        }
     }
-    hsum_ps(acc)
+    if TILED {
+        tiled_acc
+    } else {
+        hsum_ps(acc)
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -30,10 +30,46 @@ pub struct Kernel {
     pub weight: DType,
     /// Type the activations are converted to before the dot product.
     pub act: DType,
-    /// The dot product for this CPU.
+    /// The dot product for this CPU (ggml's `vec_dot` summation order).
     pub dot: DotFn,
+    /// Variants with the f32 epilogues of llama.cpp's other x86 kernels.
+    pub variants: Variants,
     /// Name of the implementation (`avx2`, `neon`, `scalar`).
     pub isa: &'static str,
+}
+
+/// Alternative routines for one weight type. llama.cpp's x86 CPU backend picks a different
+/// kernel depending on the batch (repacked GEMV/GEMM, a tiled K-quant kernel for batches of
+/// eight rows or more, or `vec_dot`); they compute the same exact integer sums but round
+/// their f32 epilogues differently. Reproducing its choice makes our logits bit-identical
+/// to llama.cpp's on x86, which matters for models as sensitive as Gemma 3.
+#[derive(Clone, Copy, Default)]
+pub struct Variants {
+    /// Repacked-weight GEMV (one f32 FMA per super-block).
+    pub repack_gemv: Option<DotFn>,
+    /// Repacked-weight GEMM, for rows in complete groups of four.
+    pub repack_gemm: Option<DotFn>,
+    /// The tiled K-quant kernel, for batches of eight rows or more.
+    pub tiled: Option<DotFn>,
+}
+
+impl Kernel {
+    /// The routine for activation row `row` of an `n`-row batch against a weight of `m`
+    /// rows, following llama.cpp's x86 dispatch: repacked kernels when the weight can be
+    /// repacked (`m % 8 == 0`), else the tiled kernel for `n >= 8`, else `vec_dot`.
+    #[inline]
+    pub fn select(&self, m: usize, n: usize, row: usize) -> DotFn {
+        let v = &self.variants;
+        if let (Some(gemv), Some(gemm)) = (v.repack_gemv, v.repack_gemm) {
+            if m % 8 == 0 {
+                return if n > 3 && row < n - n % 4 { gemm } else { gemv };
+            }
+        }
+        match v.tiled {
+            Some(t) if n >= 8 => t,
+            _ => self.dot,
+        }
+    }
 }
 
 /// Which instruction set the kernels use.
@@ -103,14 +139,22 @@ pub fn kernel(weight: DType, isa: Isa) -> Option<Kernel> {
         Isa::Neon => neon::dot_fn(weight),
         _ => None,
     };
-    let (dot, isa_name) = match simd {
-        Some(f) => (f, isa.name()),
-        None => (scalar::dot_fn(weight)?, "scalar"),
+    let (dot, variants, isa_name) = match simd {
+        Some(f) => {
+            let v = match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => avx2::variants(weight),
+                _ => Variants::default(),
+            };
+            (f, v, isa.name())
+        }
+        None => (scalar::dot_fn(weight)?, Variants::default(), "scalar"),
     };
     Some(Kernel {
         weight,
         act,
         dot,
+        variants,
         isa: isa_name,
     })
 }

@@ -241,6 +241,7 @@ unsafe fn q8k_bsum(y: *const u8, i: usize) -> i32 {
 
 unsafe fn dot_q4_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut sum = 0.0f32;
+    let mut mins = 0.0f32;
     for b in 0..n / 256 {
         let (x, y) = (w.as_ptr().add(144 * b), a.as_ptr().add(292 * b));
         let xs = &w[144 * b..144 * b + 144];
@@ -259,9 +260,10 @@ unsafe fn dot_q4_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
             isum += s1 as i32 * lo + s2 as i32 * hi;
         }
         let dy = q8k_d(y);
-        sum += dy * f16_at(xs, 0) * isum as f32 - dy * f16_at(xs, 2) * summ as f32;
+        sum += dy * f16_at(xs, 0) * isum as f32;
+        mins += dy * f16_at(xs, 2) * summ as f32;
     }
-    sum
+    sum - mins
 }
 
 unsafe fn dot_q5_k(n: usize, w: &[u8], a: &[u8]) -> f32 {

@@ -249,6 +249,7 @@ fn dot_q3_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 fn dot_q4_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut sum = 0.0f32;
+    let mut mins = 0.0f32;
     for (x, y) in w.chunks_exact(144).zip(a.chunks_exact(292)).take(n / 256) {
         let (dy, q8, bsums) = q8k(y);
         let packed = &x[4..16];
@@ -267,9 +268,10 @@ fn dot_q4_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
             summ += m1 as i32 * (bsums[4 * j] + bsums[4 * j + 1])
                 + m2 as i32 * (bsums[4 * j + 2] + bsums[4 * j + 3]);
         }
-        sum += dy * f16_at(x, 0) * isum as f32 - dy * f16_at(x, 2) * summ as f32;
+        sum += dy * f16_at(x, 0) * isum as f32;
+        mins += dy * f16_at(x, 2) * summ as f32;
     }
-    sum
+    sum - mins
 }
 
 fn dot_q5_k(n: usize, w: &[u8], a: &[u8]) -> f32 {

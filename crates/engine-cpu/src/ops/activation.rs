@@ -8,9 +8,10 @@ use std::sync::OnceLock;
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const GELU_COEF_A: f32 = 0.044715;
 
-/// tanh-approximated GELU in f32.
+/// tanh-approximated GELU in f32, evaluated as ggml's compiled code does it (the inner
+/// `1 + A*x*x` contracted to one FMA).
 pub fn gelu_f32(x: f32) -> f32 {
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
+    (0.5 * x) * (1.0 + ((SQRT_2_OVER_PI * x) * (GELU_COEF_A * x).mul_add(x, 1.0)).tanh())
 }
 
 static GELU_TABLE: OnceLock<Box<[u16]>> = OnceLock::new();

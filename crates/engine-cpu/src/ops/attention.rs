@@ -11,6 +11,8 @@ use crate::vecops;
 
 /// Keys scored per tile.
 const TILE: usize = 64;
+/// Below this many queries per call an f16 cache is attended with an f16 accumulator.
+pub const F16_ACCUM_MAX_QUERIES: usize = 64;
 /// Largest value head size supported.
 pub const MAX_HEAD_DIM: usize = 1024;
 
@@ -132,9 +134,336 @@ pub fn attend(
     }
 }
 
-/// Rounds a query to f16 precision, as ggml's flash attention does with an f16 cache.
-pub fn round_to_f16(q: &[f32], out: &mut [f32]) {
+/// The running state of an f16-accumulated attention over some keys.
+struct F16Partial {
+    m: f32,
+    l: f32,
+    acc: [u16; MAX_HEAD_DIM],
+}
+
+/// Accumulates keys `range` (visible keys only) into `p` the way ggml's one-chunk flash
+/// attention does: keys one at a time, the output kept in f16 (each update rounded), the
+/// softmax sum in f32 (`S = S*ms + vs`, contracted to an FMA as GCC compiles it).
+#[inline(always)]
+fn accumulate_f16(
+    job: &HeadJob,
+    k: &[u16],
+    v: &[u16],
+    q: &[u16],
+    kv_head: usize,
+    base: usize,
+    range: std::ops::Range<usize>,
+    p: &mut F16Partial,
+) {
+    let hd = job.head_dim;
+    let hv = job.head_dim_v;
+    let acc = &mut p.acc[..hv];
+    for j in range {
+        let row = base + j;
+        let koff = row * job.row_stride_k + kv_head * hd;
+        let mut s = vecops::dot_f16_f16(&k[koff..koff + hd], q);
+        if job.softcap != 0.0 {
+            // ggml folds the cap into the scale: tanh(s * scale / cap) * cap
+            s = job.softcap * (s * (job.scale / job.softcap)).tanh();
+        } else {
+            s *= job.scale;
+        }
+        let (ms, vs) = if s > p.m {
+            let ms = (p.m - s).exp();
+            p.m = s;
+            vecops::scale_f16(acc, ms);
+            (ms, 1.0)
+        } else {
+            (1.0, (s - p.m).exp())
+        };
+        let voff = row * job.row_stride_v + kv_head * hv;
+        vecops::axpy_f16_into_f16(acc, vs, &v[voff..voff + hv]);
+        p.l = p.l.mul_add(ms, vs);
+    }
+}
+
+/// Applies a sink logit to an f32 partial result, as ggml does after the keys.
+#[inline(always)]
+fn apply_sink(sink: f32, m: &mut f32, l: &mut f32, acc: &mut [f32]) {
+    let (ms, vs) = if sink > *m {
+        let ms = (*m - sink).exp();
+        *m = sink;
+        (ms, 1.0)
+    } else {
+        (1.0, (sink - *m).exp())
+    };
+    vecops::scale(acc, ms);
+    *l = l.mul_add(ms, vs);
+}
+
+fn visible_from(job: &HeadJob, pos: usize) -> usize {
+    match job.window {
+        Some(w) => (pos + 1).saturating_sub(w as usize),
+        None => 0,
+    }
+}
+
+/// Attends one query head the way ggml's CPU flash attention does for small batches with
+/// an f16 cache (fewer than [`F16_ACCUM_MAX_QUERIES`] queries): see [`accumulate_f16`].
+#[allow(clippy::too_many_arguments)]
+pub fn attend_f16_accum(
+    job: &HeadJob,
+    q: &[u16],
+    kv_head: usize,
+    base: usize,
+    pos: usize,
+    sink: Option<f32>,
+    out: &mut [f32],
+) {
+    let (Rows::F16(k), Rows::F16(v)) = (job.k, job.v) else {
+        let mut qf = [0.0f32; MAX_HEAD_DIM];
+        for (o, b) in qf.iter_mut().zip(q) {
+            *o = f16::from_bits(*b).to_f32();
+        }
+        return attend(job, &qf[..q.len()], kv_head, base, pos, sink, out);
+    };
+    crate::fma::with_fma(|| {
+        let hv = job.head_dim_v;
+        let mut p = F16Partial {
+            m: f32::NEG_INFINITY,
+            l: 0.0,
+            acc: [0; MAX_HEAD_DIM],
+        };
+        accumulate_f16(
+            job,
+            k,
+            v,
+            q,
+            kv_head,
+            base,
+            visible_from(job, pos)..pos + 1,
+            &mut p,
+        );
+        let mut acc = [0.0f32; MAX_HEAD_DIM];
+        let acc = &mut acc[..hv];
+        for (t, a) in acc.iter_mut().zip(p.acc.iter()) {
+            *t = f16::from_bits(*a).to_f32();
+        }
+        if let Some(s) = sink {
+            apply_sink(s, &mut p.m, &mut p.l, acc);
+        }
+        let inv = if p.l > 0.0 { 1.0 / p.l } else { 0.0 };
+        for (o, a) in out.iter_mut().zip(acc.iter()) {
+            *o = a * inv;
+        }
+    })
+}
+
+/// KV cells are padded to this granularity in llama.cpp's flash attention view.
+pub const KV_PAD: usize = 256;
+/// Single-query attention over at least this many (padded) cells is split across threads.
+pub const SPLIT_KV_MIN: usize = 512;
+
+/// Single-query attention split into `n_chunks` ranges of the padded cache, each accumulated
+/// as in [`attend_f16_accum`], then merged in f32: llama.cpp's split-KV decode path (used when
+/// the padded KV view has at least [`SPLIT_KV_MIN`] cells, one chunk per thread).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_split_kv(
+    job: &HeadJob,
+    q: &[u16],
+    kv_head: usize,
+    base: usize,
+    pos: usize,
+    sink: Option<f32>,
+    n_chunks: usize,
+    out: &mut [f32],
+) {
+    let (Rows::F16(k), Rows::F16(v)) = (job.k, job.v) else {
+        return attend_f16_accum(job, q, kv_head, base, pos, sink, out);
+    };
+    crate::fma::with_fma(|| {
+        let hv = job.head_dim_v;
+        let padded = (pos + 1).div_ceil(KV_PAD) * KV_PAD;
+        let n_chunks = n_chunks.max(1);
+        let cs = padded.div_ceil(n_chunks);
+        let lo = visible_from(job, pos);
+        let mut m_final = f32::NEG_INFINITY;
+        let mut l_final = 0.0f32;
+        let mut fin = [0.0f32; MAX_HEAD_DIM];
+        let fin = &mut fin[..hv];
+        let mut part = [0.0f32; MAX_HEAD_DIM];
+        let part = &mut part[..hv];
+        for c in 0..n_chunks {
+            let start = c * cs;
+            if start >= padded {
+                continue;
+            }
+            let end = (start + cs).min(padded);
+            let mut p = F16Partial {
+                m: f32::NEG_INFINITY,
+                l: 0.0,
+                acc: [0; MAX_HEAD_DIM],
+            };
+            accumulate_f16(
+                job,
+                k,
+                v,
+                q,
+                kv_head,
+                base,
+                start.max(lo)..end.min(pos + 1),
+                &mut p,
+            );
+            for (t, a) in part.iter_mut().zip(p.acc.iter()) {
+                *t = f16::from_bits(*a).to_f32();
+            }
+            if let (Some(s), true) = (sink, start == 0) {
+                apply_sink(s, &mut p.m, &mut p.l, part);
+            }
+            if p.l == 0.0 {
+                continue;
+            }
+            let m_new = m_final.max(p.m);
+            let so = (m_final - m_new).exp();
+            let sn = (p.m - m_new).exp();
+            for (f, x) in fin.iter_mut().zip(part.iter()) {
+                *f = f.mul_add(so, x * sn);
+            }
+            l_final = l_final.mul_add(so, p.l * sn);
+            m_final = m_new;
+        }
+        let inv = if l_final != 0.0 { 1.0 / l_final } else { 0.0 };
+        for (o, a) in out.iter_mut().zip(fin.iter()) {
+            *o = a * inv;
+        }
+    })
+}
+
+/// Keys per tile in llama.cpp's tiled flash attention.
+const TILE_KV: usize = 64;
+
+thread_local! {
+    static KT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Attends one query head the way ggml's tiled flash attention does for batches of
+/// [`F16_ACCUM_MAX_QUERIES`] queries or more: f32 query, keys in tiles of 64 aligned at
+/// position 0, scores by a sequential FMA chain over the head dimensions, one online-softmax
+/// update per tile with ggml's vectorised exp, and values accumulated in f32 by FMA chains.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_tiled(
+    job: &HeadJob,
+    q: &[f32],
+    kv_head: usize,
+    base: usize,
+    pos: usize,
+    sink: Option<f32>,
+    out: &mut [f32],
+) {
+    let (Rows::F16(k), Rows::F16(v)) = (job.k, job.v) else {
+        return attend(job, q, kv_head, base, pos, sink, out);
+    };
+    KT.with(|kt| {
+        let mut kt = kt.borrow_mut();
+        let hd = job.head_dim;
+        if kt.len() < hd * TILE_KV {
+            kt.resize(hd * TILE_KV, 0.0);
+        }
+        crate::fma::with_fma(|| {
+            attend_tiled_inner(job, k, v, q, kv_head, base, pos, sink, out, &mut kt)
+        })
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_tiled_inner(
+    job: &HeadJob,
+    k: &[u16],
+    v: &[u16],
+    q: &[f32],
+    kv_head: usize,
+    base: usize,
+    pos: usize,
+    sink: Option<f32>,
+    out: &mut [f32],
+    kt: &mut [f32],
+) {
+    let hd = job.head_dim;
+    let hv = job.head_dim_v;
+    let lo = visible_from(job, pos);
+    let mut m = f32::NEG_INFINITY;
+    let mut l = 0.0f32;
+    let mut acc = [0.0f32; MAX_HEAD_DIM];
+    let acc = &mut acc[..hv];
+    let mut sc = [f32::NEG_INFINITY; TILE_KV];
+    for tile in lo / TILE_KV..=pos / TILE_KV {
+        let j0 = tile * TILE_KV;
+        let (jlo, jhi) = (j0.max(lo), (j0 + TILE_KV).min(pos + 1));
+        sc.fill(f32::NEG_INFINITY);
+        // K tile transposed to f32 [d][t], then scores as FMA chains over d (simd_gemm's order).
+        let nt = jhi - jlo;
+        for (t, j) in (jlo..jhi).enumerate() {
+            let off = (base + j) * job.row_stride_k + kv_head * hd;
+            for d in 0..hd {
+                kt[d * TILE_KV + t] = f16::from_bits(k[off + d]).to_f32();
+            }
+        }
+        vecops::gemv_t_fma(
+            &kt[..hd * TILE_KV],
+            TILE_KV,
+            nt,
+            q,
+            &mut sc[jlo - j0..jhi - j0],
+        );
+        for x in &mut sc[jlo - j0..jhi - j0] {
+            *x = if job.softcap != 0.0 {
+                (*x * (job.scale / job.softcap)).tanh() * job.softcap
+            } else {
+                *x * job.scale
+            };
+        }
+        let tile_max = sc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        if tile_max == f32::NEG_INFINITY {
+            continue;
+        }
+        let m_new = m.max(tile_max);
+        if m_new > m {
+            let ms = (m - m_new).exp();
+            vecops::scale(acc, ms);
+            l *= ms;
+        }
+        m = m_new;
+        let mut total = 0.0f64;
+        let mut p = [0.0f32; TILE_KV];
+        for g in 0..TILE_KV / 8 {
+            let mut x = [0.0f32; 8];
+            for (i, xi) in x.iter_mut().enumerate() {
+                *xi = sc[8 * g + i] - m;
+            }
+            vecops::v_expf8(&mut x);
+            total += vecops::hsum8_ggml(&x) as f64;
+            p[8 * g..8 * g + 8].copy_from_slice(&x);
+        }
+        l = (l as f64 + total) as f32;
+        for j in jlo..jhi {
+            let off = (base + j) * job.row_stride_v + kv_head * hv;
+            vecops::fma_f16_into_f32(acc, p[j - j0], &v[off..off + hv]);
+        }
+    }
+    if let Some(s) = sink {
+        let (ms, vs) = if s > m {
+            ((m - s).exp(), 1.0)
+        } else {
+            (1.0, (s - m).exp())
+        };
+        vecops::scale(acc, ms);
+        l = l.mul_add(ms, vs);
+    }
+    let inv = if l == 0.0 { 0.0 } else { 1.0 / l };
+    for (o, a) in out.iter_mut().zip(acc.iter()) {
+        *o = a * inv;
+    }
+}
+
+/// Converts a query to f16 bits, as ggml's flash attention does with an f16 cache.
+pub fn to_f16_bits(q: &[f32], out: &mut [u16]) {
     for (o, v) in out.iter_mut().zip(q) {
-        *o = f16::from_f32(*v).to_f32();
+        *o = f16::from_f32(*v).to_bits();
     }
 }

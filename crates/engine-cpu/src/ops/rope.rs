@@ -60,7 +60,15 @@ pub fn cos_sin(pos: f32, spec: &RopeSpec, factors: Option<&[f32]>, cs: &mut [f32
 }
 
 /// Rotates every head of one token's row in place with precomputed `cs`.
+///
+/// The rotation is computed as ggml's compiled code does it: `x0*c - x1*s` as
+/// `fma(x0, c, -(x1*s))` and `x0*s + x1*c` as `fma(x0, s, x1*c)`.
 pub fn apply(row: &mut [f32], spec: &RopeSpec, cs: &[f32]) {
+    crate::fma::with_fma(|| apply_inner(row, spec, cs))
+}
+
+#[inline(always)]
+fn apply_inner(row: &mut [f32], spec: &RopeSpec, cs: &[f32]) {
     let hd = spec.head_dim;
     let half = spec.n_rot / 2;
     for h in 0..spec.n_head {
@@ -70,16 +78,16 @@ pub fn apply(row: &mut [f32], spec: &RopeSpec, cs: &[f32]) {
                 for i in 0..half {
                     let (c, s) = (cs[2 * i], cs[2 * i + 1]);
                     let (x0, x1) = (x[2 * i], x[2 * i + 1]);
-                    x[2 * i] = x0 * c - x1 * s;
-                    x[2 * i + 1] = x0 * s + x1 * c;
+                    x[2 * i] = x0.mul_add(c, -(x1 * s));
+                    x[2 * i + 1] = x0.mul_add(s, x1 * c);
                 }
             }
             RopeMode::Neox => {
                 for i in 0..half {
                     let (c, s) = (cs[2 * i], cs[2 * i + 1]);
                     let (x0, x1) = (x[i], x[i + half]);
-                    x[i] = x0 * c - x1 * s;
-                    x[i + half] = x0 * s + x1 * c;
+                    x[i] = x0.mul_add(c, -(x1 * s));
+                    x[i + half] = x0.mul_add(s, x1 * c);
                 }
             }
         }
