@@ -129,16 +129,15 @@ pub fn vocab_dir() -> Result<PathBuf, String> {
 
 /// Path of the real Gemma 3 270M Q4_K_M file (`ENGINE_GEMMA3_GGUF` overrides).
 ///
-/// Fetches it into the local model store on first use when it is missing.
+/// Installs it into the local model store (`ENGINE_MODELS`, else `~/.cache/engine/models`)
+/// on first use, the way `engine pull gemma3-270m` does.
 pub fn gemma3_model() -> Result<PathBuf, String> {
     if let Ok(p) = std::env::var("ENGINE_GEMMA3_GGUF") {
         return Ok(PathBuf::from(p));
     }
-    let p = PathBuf::from("/tmp/gemma3.gguf");
-    if p.exists() {
-        return Ok(p);
-    }
-    Err("the Gemma 3 270M model is not available (set ENGINE_GEMMA3_GGUF)".into())
+    let _g = FETCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    engine_store::store::ensure_quiet("gemma3-270m")
+        .map_err(|e| format!("cannot get the default model: {e}"))
 }
 
 /// Index of the largest value (first on ties).

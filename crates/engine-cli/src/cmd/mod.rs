@@ -1,0 +1,85 @@
+//! Subcommands, and the model options they share.
+
+pub mod inspect;
+pub mod logits;
+pub mod run;
+pub mod store;
+pub mod tokenize;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use engine::{DType, LoadOptions, Model};
+
+/// Options for picking and loading a model.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Model: a GGUF path, or a name from the local store (known names are pulled on first use).
+    #[arg(short = 'm', long = "model")]
+    pub model: String,
+    /// Compute threads (default: all cores).
+    #[arg(short = 't', long = "threads", value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
+    /// Context size in tokens (default: the smaller of 4096 and the model's training context).
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 0)]
+    pub ctx_size: usize,
+    /// Largest number of tokens evaluated per step.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// KV cache type for keys: f16 or f32.
+    #[arg(long = "cache-type-k", visible_alias = "ctk", default_value = "f16")]
+    pub cache_type_k: String,
+    /// KV cache type for values (must equal the key type).
+    #[arg(long = "cache-type-v", visible_alias = "ctv")]
+    pub cache_type_v: Option<String>,
+    /// Read the file into memory instead of memory-mapping it.
+    #[arg(long = "no-mmap")]
+    pub no_mmap: bool,
+    /// Device: cpu.
+    #[arg(long = "device", default_value = "cpu")]
+    pub device: String,
+}
+
+impl ModelArgs {
+    /// Load options from the flags.
+    pub fn load_options(&self) -> Result<LoadOptions> {
+        let kv = parse_kv_type(&self.cache_type_k)?;
+        if let Some(v) = &self.cache_type_v {
+            if parse_kv_type(v)? != kv {
+                bail!("--cache-type-v must equal --cache-type-k (one cache type is supported per context)");
+            }
+        }
+        Ok(LoadOptions {
+            threads: self.threads.map(|t| t as usize).unwrap_or(0),
+            n_ctx: self.ctx_size,
+            n_batch: self.batch_size as usize,
+            kv_type: kv,
+            mmap: !self.no_mmap,
+            device: self.device.parse()?,
+            ..Default::default()
+        })
+    }
+
+    /// Resolves the model (pulling a known name if needed) and loads it.
+    pub fn load(&self) -> Result<Model> {
+        let path = resolve_model(&self.model)?;
+        let opts = self.load_options()?;
+        Model::load(&path, &opts).with_context(|| format!("cannot load {}", path.display()))
+    }
+}
+
+fn parse_kv_type(s: &str) -> Result<DType> {
+    match s.to_ascii_lowercase().as_str() {
+        "f16" => Ok(DType::F16),
+        "f32" => Ok(DType::F32),
+        other => bail!("unsupported cache type '{other}' (f16 or f32)"),
+    }
+}
+
+/// A model argument to a file: an existing path, an installed model, or a known name pulled now.
+pub fn resolve_model(spec: &str) -> Result<PathBuf> {
+    let store = engine_store::Store::open_default()?;
+    let mut bar = crate::progress::Bar::new();
+    Ok(store.ensure(spec, &mut bar)?)
+}

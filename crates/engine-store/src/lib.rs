@@ -1,0 +1,63 @@
+//! The local model store: where pulled models live, how they get there, and how a name
+//! resolves to a file.
+//!
+//! * [`card`]: model cards (`models/*.toml`), compiled in.
+//! * [`source`]: where weights come from; each kind implements [`source::Source`].
+//! * [`store`]: the directory of installed models, with a manifest per model, verified and
+//!   atomic installs, and name resolution.
+
+#![warn(missing_docs)]
+
+pub mod card;
+pub mod source;
+pub mod store;
+
+pub use card::{builtin_cards, find_card, ModelCard};
+pub use store::{Manifest, Store};
+
+/// Errors from the model store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Filesystem error, with the path involved.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path involved.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// A download failed.
+    #[error("download failed: {0}")]
+    Download(String),
+    /// The downloaded file is not the expected one.
+    #[error("checksum mismatch for {what}: expected sha256 {expected}, got {actual}; nothing was installed")]
+    Checksum {
+        /// What was downloaded.
+        what: String,
+        /// Expected digest.
+        expected: String,
+        /// Actual digest.
+        actual: String,
+    },
+    /// The name is neither a file, an installed model, nor a known card.
+    #[error("unknown model '{0}': not a file, not in the store, and not a known model name (try `engine list`)")]
+    UnknownModel(String),
+    /// A malformed card or manifest.
+    #[error("invalid {what}: {problem}")]
+    Invalid {
+        /// What was being read.
+        what: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// Result alias for [`StoreError`].
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}

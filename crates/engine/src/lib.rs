@@ -1,0 +1,44 @@
+//! # engine
+//!
+//! Native LLM inference as a library: load a GGUF model, tokenize, and generate text with a
+//! streaming callback and sampling options. The same crates power the `engine` command.
+//!
+//! ```no_run
+//! use engine::{GenerateParams, LoadOptions, Model, SamplingParams};
+//!
+//! let model = Model::load("gemma-3-270m-q4_k_m.gguf", &LoadOptions::default())?;
+//! let params = GenerateParams {
+//!     max_tokens: Some(32),
+//!     sampling: SamplingParams::greedy(),
+//!     ..Default::default()
+//! };
+//! let out = model.generate("The capital of France is", &params, |ev| {
+//!     print!("{}", ev.text);
+//!     true // keep going
+//! })?;
+//! eprintln!("\n{:.1} tokens/s", out.timings.predicted_per_second());
+//! # Ok::<(), engine::Error>(())
+//! ```
+//!
+//! * [`model`]: [`Model`] (weights, tokenizer, backend) and [`Session`] (one sequence).
+//! * [`sampling`]: the sampler.
+//! * [`memory`]: memory estimates and the refusal to overcommit.
+//! * [`stop`]: stop strings in streamed text.
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod memory;
+pub mod model;
+pub mod sampling;
+pub mod stop;
+
+pub use engine_core::DType;
+pub use engine_models::{Batch, Context, ContextOptions, ModelInfo};
+pub use engine_tokenizer::{StreamDecoder, Tokenizer};
+pub use error::{Error, Result};
+pub use model::{
+    default_threads, Device, GenerateParams, Generation, LoadOptions, Model, Prompt, Session,
+    StopReason, Timings, TokenEvent,
+};
+pub use sampling::{Sampler, SamplingParams};

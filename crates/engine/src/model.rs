@@ -1,0 +1,577 @@
+//! Loading a model (weights, tokenizer, backend) and running it: [`Model`] for the shared,
+//! read-only part and [`Session`] for one sequence's state and generation loop.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use engine_core::{Backend, DType};
+use engine_gguf::GgufModel;
+use engine_models::{Batch, Context, ContextOptions, ModelInfo};
+use engine_tokenizer::{StreamDecoder, Tokenizer};
+
+use crate::error::{Error, Result};
+use crate::sampling::{top_logprobs, Sampler, SamplingParams};
+use crate::stop::{StopCheck, StopMatcher};
+
+/// Which device runs the model.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Device {
+    /// The host CPU.
+    #[default]
+    Cpu,
+}
+
+impl std::str::FromStr for Device {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Device> {
+        let kind = s.split(':').next().unwrap_or("");
+        match kind.to_ascii_lowercase().as_str() {
+            "cpu" | "auto" => Ok(Device::Cpu),
+            "cuda" | "rocm" | "hip" | "hailo" => Err(Error::Options(format!(
+                "device '{s}' is not available in this build of the engine; only 'cpu' is"
+            ))),
+            _ => Err(Error::Options(format!(
+                "unknown device '{s}' (expected cpu)"
+            ))),
+        }
+    }
+}
+
+/// How to load a model and size its context.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Compute threads (0 = all available cores).
+    pub threads: usize,
+    /// Context size per sequence (0 = the smaller of 4096 and the training context).
+    pub n_ctx: usize,
+    /// Sequences that can be held at once.
+    pub n_seq: usize,
+    /// Largest number of tokens evaluated per step.
+    pub n_batch: usize,
+    /// KV cache element type (F16 or F32).
+    pub kv_type: DType,
+    /// Memory-map the file (otherwise read it into memory).
+    pub mmap: bool,
+    /// Refuse to load when the estimate exceeds available memory.
+    pub check_memory: bool,
+    /// Device to run on.
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            threads: 0,
+            n_ctx: 0,
+            n_seq: 1,
+            n_batch: 512,
+            kv_type: DType::F16,
+            mmap: true,
+            check_memory: true,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// Number of CPU cores available to this process.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// A loaded model with its tokenizer, ready to open sessions.
+pub struct Model {
+    path: PathBuf,
+    gguf: GgufModel,
+    model: Box<dyn engine_models::Model>,
+    tokenizer: Arc<Tokenizer>,
+    backend: Arc<dyn Backend>,
+    ctx_opts: ContextOptions,
+    load_time: std::time::Duration,
+}
+
+impl Model {
+    /// Loads the GGUF model at `path`.
+    pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Model> {
+        let t0 = Instant::now();
+        let path = path.as_ref();
+        if opts.n_seq == 0 || opts.n_batch == 0 {
+            return Err(Error::Options(
+                "n_seq and n_batch must be at least 1".into(),
+            ));
+        }
+        if !matches!(opts.kv_type, DType::F16 | DType::F32) {
+            return Err(Error::Options(format!(
+                "KV cache type {} is not supported (f16 or f32)",
+                opts.kv_type
+            )));
+        }
+        if !opts.mmap && opts.check_memory {
+            if let (Ok(meta), Some(avail)) =
+                (std::fs::metadata(path), crate::memory::available_memory())
+            {
+                if meta.len() > avail {
+                    return Err(Error::Memory(format!(
+                        "reading {} into memory needs {}, but only {} is available",
+                        path.display(),
+                        crate::memory::human(meta.len()),
+                        crate::memory::human(avail)
+                    )));
+                }
+            }
+        }
+        let gguf = GgufModel::open(path, opts.mmap)?;
+        let threads = if opts.threads == 0 {
+            default_threads()
+        } else {
+            opts.threads
+        };
+        let backend: Arc<dyn Backend> = match opts.device {
+            Device::Cpu => Arc::new(engine_cpu::CpuBackend::new(threads)),
+        };
+        // The architecture first: an unsupported model fails on that, not on its tokenizer.
+        let model = engine_models::load(&gguf, backend.clone())?;
+        let tokenizer = Arc::new(Tokenizer::from_gguf(&gguf)?);
+        let info = model.info();
+        if tokenizer.n_vocab() > info.n_vocab {
+            return Err(Error::Options(format!(
+                "the tokenizer has {} tokens but the model's embedding only {}",
+                tokenizer.n_vocab(),
+                info.n_vocab
+            )));
+        }
+        let n_ctx = if opts.n_ctx == 0 {
+            info.n_ctx_train.clamp(1, 4096)
+        } else {
+            opts.n_ctx
+        };
+        let ctx_opts = ContextOptions {
+            n_ctx,
+            n_seq: opts.n_seq,
+            n_batch: opts.n_batch.min(n_ctx.max(1)),
+            kv_type: opts.kv_type,
+        };
+        if opts.check_memory {
+            if let Some(avail) = crate::memory::available_memory() {
+                let est = model.memory_estimate(&ctx_opts);
+                crate::memory::check(
+                    &est,
+                    avail,
+                    &format!("{} with a context of {n_ctx}", path.display()),
+                )?;
+            }
+        }
+        Ok(Model {
+            path: path.to_path_buf(),
+            gguf,
+            model,
+            tokenizer,
+            backend,
+            ctx_opts,
+            load_time: t0.elapsed(),
+        })
+    }
+
+    /// Facts about the model.
+    pub fn info(&self) -> &ModelInfo {
+        self.model.info()
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The parsed file (metadata such as the chat template).
+    pub fn gguf(&self) -> &GgufModel {
+        &self.gguf
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// The backend running the model.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Context sizes sessions get.
+    pub fn context_options(&self) -> &ContextOptions {
+        &self.ctx_opts
+    }
+
+    /// Time spent loading.
+    pub fn load_time(&self) -> std::time::Duration {
+        self.load_time
+    }
+
+    /// The underlying architecture implementation (for batched serving).
+    pub fn inner(&self) -> &dyn engine_models::Model {
+        &*self.model
+    }
+
+    /// Text to token ids. `add_special` adds BOS/EOS as the model wants; `parse_special`
+    /// turns control-token text such as `<start_of_turn>` into the token.
+    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
+        Ok(self.tokenizer.encode(text, add_special, parse_special)?)
+    }
+
+    /// Token ids to text (control tokens rendered only when `render_special`).
+    pub fn detokenize(&self, ids: &[u32], render_special: bool) -> String {
+        self.tokenizer.decode(ids, render_special)
+    }
+
+    /// A context of the model's configured sizes (for callers that batch themselves).
+    pub fn new_context(&self) -> Result<Context> {
+        Ok(self.model.new_context(self.ctx_opts.clone())?)
+    }
+
+    /// Opens a session holding one sequence.
+    pub fn session(&self) -> Result<Session<'_>> {
+        let opts = ContextOptions {
+            n_seq: 1,
+            ..self.ctx_opts.clone()
+        };
+        Ok(Session {
+            model: self,
+            ctx: self.model.new_context(opts)?,
+            batch: Batch::with_capacity(self.ctx_opts.n_batch),
+            logits: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Convenience: generates from a text prompt in a fresh session.
+    pub fn generate(
+        &self,
+        prompt: &str,
+        params: &GenerateParams,
+        on_token: impl FnMut(&TokenEvent) -> bool,
+    ) -> Result<Generation> {
+        self.session()?
+            .generate(&Prompt::Text(prompt.to_string()), params, on_token)
+    }
+}
+
+/// What to generate from.
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    /// Text, tokenized with the generation parameters' flags.
+    Text(String),
+    /// Token ids, used as given.
+    Tokens(Vec<u32>),
+}
+
+/// Generation settings.
+#[derive(Clone, Debug)]
+pub struct GenerateParams {
+    /// Most tokens to generate (`None` = until the context is full).
+    pub max_tokens: Option<usize>,
+    /// Sampling chain settings.
+    pub sampling: SamplingParams,
+    /// Strings that end generation (not included in the output).
+    pub stop: Vec<String>,
+    /// Add BOS/EOS around a text prompt as the model's metadata says.
+    pub add_special: bool,
+    /// Parse control-token text in a text prompt.
+    pub parse_special: bool,
+    /// Report this many top log-probabilities per generated token (0 = none).
+    pub logprobs: usize,
+    /// Keep generating past end-of-generation tokens.
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams {
+            max_tokens: Some(128),
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            add_special: true,
+            parse_special: true,
+            logprobs: 0,
+            ignore_eos: false,
+        }
+    }
+}
+
+/// One generated token, as the streaming callback sees it.
+pub struct TokenEvent<'a> {
+    /// Token id.
+    pub id: u32,
+    /// New text that became final with this token (may be empty while a multi-byte
+    /// character or a possible stop string is pending).
+    pub text: &'a str,
+    /// Top log-probabilities at this position, if requested.
+    pub logprobs: Option<&'a [(u32, f32)]>,
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// An end-of-generation token.
+    Eog,
+    /// `max_tokens` reached.
+    Length,
+    /// A stop string.
+    StopString,
+    /// The context is full.
+    ContextFull,
+    /// The callback asked to stop.
+    Cancelled,
+}
+
+impl StopReason {
+    /// OpenAI-style `finish_reason`.
+    pub fn finish_reason(self) -> &'static str {
+        match self {
+            StopReason::Eog | StopReason::StopString | StopReason::Cancelled => "stop",
+            StopReason::Length | StopReason::ContextFull => "length",
+        }
+    }
+}
+
+/// Prompt and generation timings (tokenization and sampling excluded from prompt time).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    /// Prompt tokens evaluated.
+    pub prompt_n: usize,
+    /// Milliseconds evaluating the prompt.
+    pub prompt_ms: f64,
+    /// Tokens generated.
+    pub predicted_n: usize,
+    /// Milliseconds generating (evaluation and sampling of each new token).
+    pub predicted_ms: f64,
+}
+
+impl Timings {
+    /// Prompt tokens per second.
+    pub fn prompt_per_second(&self) -> f64 {
+        if self.prompt_ms > 0.0 {
+            self.prompt_n as f64 * 1000.0 / self.prompt_ms
+        } else {
+            0.0
+        }
+    }
+
+    /// Generated tokens per second.
+    pub fn predicted_per_second(&self) -> f64 {
+        if self.predicted_ms > 0.0 {
+            self.predicted_n as f64 * 1000.0 / self.predicted_ms
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The result of a generation.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// Prompt token ids (BOS included when added).
+    pub prompt_ids: Vec<u32>,
+    /// Generated token ids (a final end-of-generation token included).
+    pub ids: Vec<u32>,
+    /// Generated text (stop strings and control tokens excluded).
+    pub text: String,
+    /// Why it ended.
+    pub stop_reason: StopReason,
+    /// Timings.
+    pub timings: Timings,
+    /// Top log-probabilities per generated token, if requested.
+    pub logprobs: Vec<Vec<(u32, f32)>>,
+}
+
+/// One sequence's state on a model.
+pub struct Session<'m> {
+    model: &'m Model,
+    ctx: Context,
+    batch: Batch,
+    logits: Vec<f32>,
+    scratch: Vec<(u32, f32)>,
+}
+
+impl<'m> Session<'m> {
+    /// The model.
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// Tokens currently in the context.
+    pub fn n_past(&self) -> usize {
+        self.ctx.seq_len(0)
+    }
+
+    /// Forgets everything evaluated so far.
+    pub fn reset(&mut self) {
+        self.ctx.clear_seq(0);
+    }
+
+    /// Evaluates `ids` at positions `0..` of a cleared context and returns the logits of
+    /// every position (`ids.len() * n_vocab` values).
+    pub fn logits_all(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.len() > self.ctx.n_ctx() {
+            return Err(Error::PromptTooLong {
+                prompt: ids.len(),
+                n_ctx: self.ctx.n_ctx(),
+            });
+        }
+        self.reset();
+        self.batch.clear();
+        self.batch.push_seq(ids, 0, 0, true);
+        let mut out = Vec::new();
+        self.model
+            .model
+            .forward(&mut self.ctx, &self.batch, &mut out)?;
+        Ok(out)
+    }
+
+    /// Generates from `prompt` in a cleared context, calling `on_token` for each token; the
+    /// callback returns `false` to stop.
+    pub fn generate(
+        &mut self,
+        prompt: &Prompt,
+        params: &GenerateParams,
+        mut on_token: impl FnMut(&TokenEvent) -> bool,
+    ) -> Result<Generation> {
+        params.sampling.validate().map_err(Error::Options)?;
+        let model = self.model;
+        let tok = &*model.tokenizer;
+        let prompt_ids = match prompt {
+            Prompt::Text(t) => tok.encode(t, params.add_special, params.parse_special)?,
+            Prompt::Tokens(ids) => ids.clone(),
+        };
+        let n_ctx = self.ctx.n_ctx();
+        let n_vocab = model.info().n_vocab;
+        if prompt_ids.is_empty() {
+            return Err(Error::Options("the prompt is empty".into()));
+        }
+        if prompt_ids.len() >= n_ctx {
+            return Err(Error::PromptTooLong {
+                prompt: prompt_ids.len(),
+                n_ctx,
+            });
+        }
+        if let Some(&bad) = prompt_ids.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(Error::Options(format!(
+                "token id {bad} is outside the vocabulary of {n_vocab}"
+            )));
+        }
+        let max_new = params
+            .max_tokens
+            .unwrap_or(usize::MAX)
+            .min(n_ctx - prompt_ids.len());
+        let mut sampler = Sampler::new(params.sampling.clone());
+        for &t in &prompt_ids {
+            sampler.accept(t);
+        }
+        let stops = StopMatcher::new(&params.stop);
+        let mut decoder = StreamDecoder::new(false);
+        let mut ids = Vec::with_capacity(max_new.min(1 << 16));
+        let mut text = String::with_capacity(4 * max_new.min(1 << 16));
+        let mut emitted = 0usize;
+        let mut all_logprobs = Vec::new();
+        let mut timings = Timings {
+            prompt_n: prompt_ids.len(),
+            ..Default::default()
+        };
+
+        self.reset();
+        self.batch.clear();
+        self.batch.push_seq(&prompt_ids, 0, 0, false);
+        let t0 = Instant::now();
+        model
+            .model
+            .forward(&mut self.ctx, &self.batch, &mut self.logits)?;
+        let t1 = Instant::now();
+        timings.prompt_ms = (t1 - t0).as_secs_f64() * 1e3;
+
+        let mut stop_reason = StopReason::Length;
+        let mut pos = prompt_ids.len();
+        while ids.len() < max_new {
+            let lp = if params.logprobs > 0 {
+                Some(top_logprobs(
+                    &self.logits[..n_vocab],
+                    params.logprobs,
+                    &mut self.scratch,
+                ))
+            } else {
+                None
+            };
+            let id = sampler.sample(&self.logits[..n_vocab]);
+            sampler.accept(id);
+            ids.push(id);
+            if !params.ignore_eos && tok.is_eog(id) {
+                if let Some(lp) = lp {
+                    all_logprobs.push(lp);
+                }
+                stop_reason = StopReason::Eog;
+                break;
+            }
+            decoder.push(tok, id, &mut text);
+            let check = stops.check(&text, emitted);
+            let (end, stop) = match check {
+                StopCheck::Continue { safe } => (safe, false),
+                StopCheck::Stop { at } => (at, true),
+            };
+            let keep_going = on_token(&TokenEvent {
+                id,
+                text: &text[emitted..end],
+                logprobs: lp.as_deref(),
+            });
+            emitted = end;
+            if let Some(lp) = lp {
+                all_logprobs.push(lp);
+            }
+            if stop {
+                text.truncate(end);
+                stop_reason = StopReason::StopString;
+                break;
+            }
+            if !keep_going {
+                stop_reason = StopReason::Cancelled;
+                break;
+            }
+            if ids.len() >= max_new {
+                let by_request = params.max_tokens.is_some_and(|m| ids.len() >= m);
+                stop_reason = if by_request {
+                    StopReason::Length
+                } else {
+                    StopReason::ContextFull
+                };
+                break;
+            }
+            self.batch.clear();
+            self.batch.push(id, pos as u32, 0, true);
+            model
+                .model
+                .forward(&mut self.ctx, &self.batch, &mut self.logits)?;
+            pos += 1;
+        }
+        if stop_reason != StopReason::StopString {
+            decoder.finish(&mut text);
+            if emitted < text.len() {
+                let tail = text[emitted..].to_string();
+                on_token(&TokenEvent {
+                    id: *ids.last().unwrap_or(&0),
+                    text: &tail,
+                    logprobs: None,
+                });
+            }
+        }
+        timings.predicted_n = ids.len();
+        timings.predicted_ms = t1.elapsed().as_secs_f64() * 1e3;
+        Ok(Generation {
+            prompt_ids,
+            ids,
+            text,
+            stop_reason,
+            timings,
+            logprobs: all_logprobs,
+        })
+    }
+}
