@@ -174,7 +174,7 @@ impl DType {
     /// blocks or the size overflows.
     pub fn row_bytes(self, n: usize) -> Option<usize> {
         let info = self.info();
-        if n % info.block_size != 0 {
+        if !n.is_multiple_of(info.block_size) {
             return None;
         }
         (n / info.block_size).checked_mul(info.type_size)

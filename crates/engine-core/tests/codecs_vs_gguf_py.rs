@@ -30,7 +30,8 @@ fn references() -> GgufModel {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("refs.gguf");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/quant_refs.py");
-    let out = std::process::Command::new(engine_testdata::python())
+    let out = engine_testdata::python_with_gguf()
+        .expect("python3 with pip is needed for the gguf-py reference")
         .arg(script)
         .arg(&path)
         .output()

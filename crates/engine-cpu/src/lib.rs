@@ -8,6 +8,8 @@
 //! * [`buffer`]: CPU storage for tensors and weights.
 
 #![warn(missing_docs)]
+// Kernels index several block arrays with one counter that mirrors the block layout.
+#![allow(clippy::needless_range_loop)]
 
 pub mod buffer;
 pub mod fma;
@@ -147,7 +149,7 @@ impl Backend for CpuBackend {
                 "weight '{name}' has type {dtype}, which the CPU backend cannot compute with"
             )));
         }
-        let aligned = data.as_slice().as_ptr() as usize % 4 == 0;
+        let aligned = (data.as_slice().as_ptr() as usize).is_multiple_of(4);
         let store = if dtype == DType::F32 && !aligned {
             let mut b = CpuBuffer::zeroed(need)?;
             b.bytes_mut().copy_from_slice(data.as_slice());
@@ -348,7 +350,7 @@ impl Backend for CpuBackend {
         })?;
         check(
             spec.n_rot <= spec.head_dim
-                && spec.n_rot % 2 == 0
+                && spec.n_rot.is_multiple_of(2)
                 && spec.n_rot / 2 <= ops::rope::MAX_PAIRS,
             || {
                 format!(

@@ -395,7 +395,7 @@ impl GgufFile {
 pub fn tensor_size(name: &str, dtype: DType, ne: &[u64]) -> Result<usize> {
     let bs = dtype.block_size() as u64;
     let row = ne[0];
-    if row % bs != 0 {
+    if !row.is_multiple_of(bs) {
         return Err(GgufError::Format(format!(
             "tensor '{name}': row length {row} is not a multiple of the {dtype} block size {bs}"
         )));

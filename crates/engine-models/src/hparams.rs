@@ -105,7 +105,7 @@ impl HParams {
         };
         let n_ff = per_layer(g, &k("feed_forward_length"), n_layer, Some(0))?;
         let h0 = n_head.iter().copied().find(|&h| h > 0).unwrap_or(0);
-        let default_hd = if h0 > 0 { n_embd / h0 } else { 0 };
+        let default_hd = n_embd.checked_div(h0).unwrap_or(0);
         let head_dim = g
             .get_usize(&k("attention.key_length"))?
             .unwrap_or(default_hd);

@@ -110,10 +110,10 @@ fn greedy_generation_matches_llama_cpp() {
             b.push_seq(&r.prompt_ids[range.clone()], range.start as u32, 0, false);
             model.forward(&mut ctx, &b, &mut logits).unwrap();
         }
-        let mut pos = r.prompt_ids.len();
         let mut compared = 0;
         let mut worst_lp = 0f64;
         for (i, &want) in r.ids.iter().enumerate() {
+            let pos = r.prompt_ids.len() + i;
             let top = &r.top[i];
             // compare the reference's top-5 log-probabilities with ours for the same ids
             let ours = log_softmax_at(
@@ -142,7 +142,6 @@ fn greedy_generation_matches_llama_cpp() {
             b.clear();
             b.push(want, pos as u32, 0, true);
             model.forward(&mut ctx, &b, &mut logits).unwrap();
-            pos += 1;
         }
         compared_total += compared;
         eprintln!(

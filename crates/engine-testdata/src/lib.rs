@@ -65,6 +65,42 @@ pub fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
+/// The `gguf` Python package version used as the reference for codecs.
+pub const GGUF_PY: &str = "gguf==0.19.0";
+
+/// A Python command that can `import gguf` (and numpy). When the interpreter lacks them, they
+/// are installed once with pip into `<cache>/pylib` and put on `PYTHONPATH`.
+pub fn python_with_gguf() -> Result<Command, String> {
+    let _g = FETCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let probe = |extra: Option<&Path>| {
+        let mut c = Command::new(python());
+        if let Some(p) = extra {
+            c.env("PYTHONPATH", p);
+        }
+        c.args(["-c", "import gguf, numpy"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if probe(None) {
+        return Ok(Command::new(python()));
+    }
+    let lib = cache_dir().join("pylib");
+    if !probe(Some(&lib)) {
+        let tmp = cache_dir().join(format!("pylib.tmp.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        run(Command::new(python())
+            .args(["-m", "pip", "install", "-q", "--target"])
+            .arg(&tmp)
+            .args([GGUF_PY, "numpy"]))?;
+        let _ = std::fs::remove_dir_all(&lib);
+        std::fs::rename(&tmp, &lib).map_err(|e| e.to_string())?;
+    }
+    let mut c = Command::new(python());
+    c.env("PYTHONPATH", &lib);
+    Ok(c)
+}
+
 /// Downloads the llama-cpp-python sdist once and returns its path.
 pub fn llama_cpp_sdist() -> Result<PathBuf, String> {
     let _g = FETCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());

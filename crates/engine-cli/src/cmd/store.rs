@@ -54,8 +54,8 @@ pub fn list(_: ListArgs) -> Result<()> {
     let store = Store::open_default()?;
     let models = store.list()?;
     println!(
-        "{:<24} {:<8} {:<12} {:>12}  {}",
-        "NAME", "QUANT", "ARCH", "SIZE", "PATH"
+        "{:<24} {:<8} {:<12} {:>12}  PATH",
+        "NAME", "QUANT", "ARCH", "SIZE"
     );
     for m in models {
         println!(

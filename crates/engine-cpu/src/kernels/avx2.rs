@@ -611,8 +611,7 @@ unsafe fn dot_q2_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
         for chunk in 0..2 {
             let q = load(x.add(16 + 32 * chunk));
             for j in 0..4 {
-                let codes =
-                    _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j as i32)), m3);
+                let codes = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j)), m3);
                 let y8 = load(y.add(4 + 16 * sub));
                 let p = _mm256_maddubs_epi16(codes, y8);
                 let s = scale_pair((*x.add(sub) & 0x0f) as i32, (*x.add(sub + 1) & 0x0f) as i32);

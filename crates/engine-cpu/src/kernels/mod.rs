@@ -61,7 +61,7 @@ impl Kernel {
     pub fn select(&self, m: usize, n: usize, row: usize) -> DotFn {
         let v = &self.variants;
         if let (Some(gemv), Some(gemm)) = (v.repack_gemv, v.repack_gemm) {
-            if m % 8 == 0 {
+            if m.is_multiple_of(8) {
                 return if n > 3 && row < n - n % 4 { gemm } else { gemv };
             }
         }

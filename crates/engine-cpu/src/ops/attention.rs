@@ -144,6 +144,7 @@ struct F16Partial {
 /// Accumulates keys `range` (visible keys only) into `p` the way ggml's one-chunk flash
 /// attention does: keys one at a time, the output kept in f16 (each update rounded), the
 /// softmax sum in f32 (`S = S*ms + vs`, contracted to an FMA as GCC compiles it).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn accumulate_f16(
     job: &HeadJob,

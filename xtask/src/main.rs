@@ -1,0 +1,72 @@
+//! Project automation, run as `cargo xtask <task>`:
+//!
+//! * `test-aarch64`: builds the CPU kernels for aarch64 and runs their tests under qemu, so the
+//!   NEON code paths (Raspberry Pi 5, Jetson CPUs) are checked on an x86 machine. Installs the
+//!   rustup target, qemu-user and the cross linker when missing (Debian/Ubuntu, as root).
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+fn main() -> Result<()> {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    match task.as_str() {
+        "test-aarch64" => test_aarch64(),
+        _ => {
+            eprintln!("usage: cargo xtask <task>\n\ntasks:\n  test-aarch64   run the CPU kernel tests for aarch64 under qemu");
+            bail!("unknown task '{task}'")
+        }
+    }
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd} >/dev/null 2>&1")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn sh(cmd: &str) -> Result<()> {
+    eprintln!("+ {cmd}");
+    let st = Command::new("sh")
+        .args(["-c", cmd])
+        .status()
+        .with_context(|| format!("cannot run {cmd}"))?;
+    if !st.success() {
+        bail!("`{cmd}` failed ({st})");
+    }
+    Ok(())
+}
+
+fn test_aarch64() -> Result<()> {
+    const TARGET: &str = "aarch64-unknown-linux-gnu";
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup is needed")?;
+    if !String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == TARGET)
+    {
+        sh(&format!("rustup target add {TARGET}"))?;
+    }
+    if !have("qemu-aarch64") || !have("aarch64-linux-gnu-gcc") {
+        sh("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross >/dev/null")?;
+    }
+    let st = Command::new("cargo")
+        .args(["test", "-p", "engine-cpu", "--target", TARGET])
+        .env(
+            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+            "aarch64-linux-gnu-gcc",
+        )
+        .env(
+            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER",
+            "qemu-aarch64 -L /usr/aarch64-linux-gnu",
+        )
+        .status()?;
+    if !st.success() {
+        bail!("aarch64 kernel tests failed");
+    }
+    Ok(())
+}
