@@ -512,6 +512,49 @@ impl Backend for CpuBackend {
         let os = f32s_mut(out)?;
         let op = SendPtr(os.as_mut_ptr());
         let group = nh / nkv;
+        if f16_cache && !f16_path {
+            // Tiled path: one task per (head, run of up to 64 queries), sharing K/V tiles.
+            const ROWS: usize = 64;
+            let chunks = n.div_ceil(ROWS);
+            self.pool.run(nh * chunks, &|task| {
+                let (h, c) = (task % nh, task / nh);
+                let (r0, r1) = (c * ROWS, ((c + 1) * ROWS).min(n));
+                let mut start = r0;
+                while start < r1 {
+                    // queries of one sequence share the cache rows
+                    let base = spec.queries[start].kv_base;
+                    let mut end = start + 1;
+                    while end < r1 && spec.queries[end].kv_base == base {
+                        end += 1;
+                    }
+                    let mut group_rows: [ops::attention::TiledRow; ROWS] =
+                        std::array::from_fn(|_| ops::attention::TiledRow {
+                            q: &[],
+                            pos: 0,
+                            out: &mut [],
+                        });
+                    for (slot, t) in group_rows.iter_mut().zip(start..end) {
+                        // SAFETY: each task writes its own (token, head) slices.
+                        let out = unsafe { op.slice(t * nh * hv + h * hv, hv) };
+                        *slot = ops::attention::TiledRow {
+                            q: &qs[t * nh * hd + h * hd..t * nh * hd + (h + 1) * hd],
+                            pos: spec.queries[t].pos as usize,
+                            out,
+                        };
+                    }
+                    let k = end - start;
+                    ops::attention::attend_tiled(
+                        &job,
+                        &mut group_rows[..k],
+                        h / group,
+                        base as usize,
+                        sinks.map(|s| s[h]),
+                    );
+                    start = end;
+                }
+            });
+            return Ok(());
+        }
         self.pool.run(n * nh, &|task| {
             let (t, h) = (task / nh, task % nh);
             let qrow = &qs[t * nh * hd + h * hd..t * nh * hd + (h + 1) * hd];
@@ -542,8 +585,6 @@ impl Backend for CpuBackend {
                 } else {
                     ops::attention::attend_f16_accum(&job, &qbuf[..hd], kvh, base, pos, sink, o);
                 }
-            } else if f16_cache {
-                ops::attention::attend_tiled(&job, qrow, kvh, base, pos, sink, o);
             } else {
                 ops::attention::attend(&job, qrow, kvh, base, pos, sink, o);
             }

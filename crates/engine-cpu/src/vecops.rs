@@ -182,6 +182,25 @@ pub fn fma_f16_into_f32(y: &mut [f32], s: f32, x: &[u16]) {
     }
 }
 
+/// f16 bits to f32 values.
+pub fn f16_to_f32(x: &[u16], y: &mut [f32]) {
+    for (o, b) in y.iter_mut().zip(x) {
+        *o = f16::from_bits(*b).to_f32();
+    }
+}
+
+/// `y[i] = fma(x[i], s, y[i])`.
+pub fn fma_f32(y: &mut [f32], s: f32, x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: features checked above.
+        return unsafe { x86::axpy_f32(y, s, x) };
+    }
+    for (a, b) in y.iter_mut().zip(x) {
+        *a = b.mul_add(s, *a);
+    }
+}
+
 /// `y[i] *= s`.
 pub fn scale(y: &mut [f32], s: f32) {
     for v in y {
@@ -256,7 +275,7 @@ mod x86 {
             i += 8;
         }
         while i < n {
-            y[i] += s * x[i];
+            y[i] = x[i].mul_add(s, y[i]);
             i += 1;
         }
     }

@@ -31,6 +31,11 @@ pub fn run(mut a: LogitsArgs) -> Result<()> {
         a.model.ctx_size = a.ids.len().max(16);
     }
     a.model.batch_size = a.model.batch_size.max(a.ids.len() as u32);
+    // A reference tool: an exact f32 cache unless asked otherwise (the fixtures' settings).
+    if a.model.cache_type_k.is_none() {
+        a.model.cache_type_k = Some("f32".into());
+        a.model.cache_type_v = a.model.cache_type_v.take().or(Some("f32".into()));
+    }
     let model = a.model.load()?;
     let mut session = model.session()?;
     let logits = session.logits_all(&a.ids)?;

@@ -27,9 +27,9 @@ pub struct ModelArgs {
     /// Largest number of tokens evaluated per step.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
-    /// KV cache type for keys: f16 or f32.
-    #[arg(long = "cache-type-k", visible_alias = "ctk", default_value = "f16")]
-    pub cache_type_k: String,
+    /// KV cache type for keys: f16 or f32 (default f16; `logits` defaults to f32).
+    #[arg(long = "cache-type-k", visible_alias = "ctk")]
+    pub cache_type_k: Option<String>,
     /// KV cache type for values (must equal the key type).
     #[arg(long = "cache-type-v", visible_alias = "ctv")]
     pub cache_type_v: Option<String>,
@@ -44,7 +44,7 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Load options from the flags.
     pub fn load_options(&self) -> Result<LoadOptions> {
-        let kv = parse_kv_type(&self.cache_type_k)?;
+        let kv = parse_kv_type(self.cache_type_k.as_deref().unwrap_or("f16"))?;
         if let Some(v) = &self.cache_type_v {
             if parse_kv_type(v)? != kv {
                 bail!("--cache-type-v must equal --cache-type-k (one cache type is supported per context)");

@@ -338,127 +338,155 @@ pub fn attend_split_kv(
 /// Keys per tile in llama.cpp's tiled flash attention.
 const TILE_KV: usize = 64;
 
-thread_local! {
-    static KT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+/// Per-thread buffers of the tiled path: transposed K tile, V tile, per-row accumulators.
+#[derive(Default)]
+struct TileScratch {
+    kt: Vec<f32>,
+    v32: Vec<f32>,
+    acc: Vec<f32>,
+    m: Vec<f32>,
+    l: Vec<f32>,
 }
 
-/// Attends one query head the way ggml's tiled flash attention does for batches of
-/// [`F16_ACCUM_MAX_QUERIES`] queries or more: f32 query, keys in tiles of 64 aligned at
-/// position 0, scores by a sequential FMA chain over the head dimensions, one online-softmax
-/// update per tile with ggml's vectorised exp, and values accumulated in f32 by FMA chains.
-#[allow(clippy::too_many_arguments)]
+thread_local! {
+    static TILE_SCRATCH: std::cell::RefCell<TileScratch> = std::cell::RefCell::new(TileScratch::default());
+}
+
+/// One query row of a tiled group.
+pub struct TiledRow<'a> {
+    /// The query (f32, as ggml's tiled path uses it).
+    pub q: &'a [f32],
+    /// Its position.
+    pub pos: usize,
+    /// Where its output goes.
+    pub out: &'a mut [f32],
+}
+
+/// Attends a group of query rows of one head and one sequence the way ggml's tiled flash
+/// attention does for batches of [`F16_ACCUM_MAX_QUERIES`] queries or more: f32 queries, keys
+/// in tiles of 64 aligned at position 0, scores as sequential FMA chains over the head
+/// dimensions, one online-softmax update per tile with ggml's vectorised exp, values
+/// accumulated in f32 by FMA chains. Each K and V tile is converted once for the whole
+/// group; every row's arithmetic is the same as if it were alone.
 pub fn attend_tiled(
     job: &HeadJob,
-    q: &[f32],
+    rows: &mut [TiledRow],
     kv_head: usize,
     base: usize,
-    pos: usize,
     sink: Option<f32>,
-    out: &mut [f32],
 ) {
     let (Rows::F16(k), Rows::F16(v)) = (job.k, job.v) else {
-        return attend(job, q, kv_head, base, pos, sink, out);
-    };
-    KT.with(|kt| {
-        let mut kt = kt.borrow_mut();
-        let hd = job.head_dim;
-        if kt.len() < hd * TILE_KV {
-            kt.resize(hd * TILE_KV, 0.0);
+        for r in rows.iter_mut() {
+            attend(job, r.q, kv_head, base, r.pos, sink, r.out);
         }
-        crate::fma::with_fma(|| {
-            attend_tiled_inner(job, k, v, q, kv_head, base, pos, sink, out, &mut kt)
-        })
+        return;
+    };
+    TILE_SCRATCH.with(|t| {
+        let mut t = t.borrow_mut();
+        let (hd, hv, n) = (job.head_dim, job.head_dim_v, rows.len());
+        let t = &mut *t;
+        t.kt.resize(hd * TILE_KV, 0.0);
+        t.v32.resize(TILE_KV * hv, 0.0);
+        t.acc.clear();
+        t.acc.resize(n * hv, 0.0);
+        t.m.clear();
+        t.m.resize(n, f32::NEG_INFINITY);
+        t.l.clear();
+        t.l.resize(n, 0.0);
+        crate::fma::with_fma(|| tiled_inner(job, k, v, rows, kv_head, base, sink, t))
     })
 }
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn attend_tiled_inner(
+fn tiled_inner(
     job: &HeadJob,
     k: &[u16],
     v: &[u16],
-    q: &[f32],
+    rows: &mut [TiledRow],
     kv_head: usize,
     base: usize,
-    pos: usize,
     sink: Option<f32>,
-    out: &mut [f32],
-    kt: &mut [f32],
+    t: &mut TileScratch,
 ) {
-    let hd = job.head_dim;
-    let hv = job.head_dim_v;
-    let lo = visible_from(job, pos);
-    let mut m = f32::NEG_INFINITY;
-    let mut l = 0.0f32;
-    let mut acc = [0.0f32; MAX_HEAD_DIM];
-    let acc = &mut acc[..hv];
+    let (hd, hv) = (job.head_dim, job.head_dim_v);
+    let lo_of = |pos: usize| visible_from(job, pos);
+    let first = rows.iter().map(|r| lo_of(r.pos)).min().unwrap_or(0) / TILE_KV;
+    let max_pos = rows.iter().map(|r| r.pos).max().unwrap_or(0);
+    let last = max_pos / TILE_KV;
     let mut sc = [f32::NEG_INFINITY; TILE_KV];
-    for tile in lo / TILE_KV..=pos / TILE_KV {
+    for tile in first..=last {
         let j0 = tile * TILE_KV;
-        let (jlo, jhi) = (j0.max(lo), (j0 + TILE_KV).min(pos + 1));
-        sc.fill(f32::NEG_INFINITY);
-        // K tile transposed to f32 [d][t], then scores as FMA chains over d (simd_gemm's order).
-        let nt = jhi - jlo;
-        for (t, j) in (jlo..jhi).enumerate() {
-            let off = (base + j) * job.row_stride_k + kv_head * hd;
+        let j_end = (j0 + TILE_KV).min(max_pos + 1);
+        // Convert the tile once: K transposed to [d][t], V to rows of f32.
+        for (tt, j) in (j0..j_end).enumerate() {
+            let koff = (base + j) * job.row_stride_k + kv_head * hd;
             for d in 0..hd {
-                kt[d * TILE_KV + t] = f16::from_bits(k[off + d]).to_f32();
+                t.kt[d * TILE_KV + tt] = f16::from_bits(k[koff + d]).to_f32();
+            }
+            let voff = (base + j) * job.row_stride_v + kv_head * hv;
+            vecops::f16_to_f32(&v[voff..voff + hv], &mut t.v32[tt * hv..(tt + 1) * hv]);
+        }
+        for (ri, r) in rows.iter_mut().enumerate() {
+            let (jlo, jhi) = (j0.max(lo_of(r.pos)), (j0 + TILE_KV).min(r.pos + 1));
+            if jlo >= jhi {
+                continue; // every key of this tile is masked for this row
+            }
+            sc.fill(f32::NEG_INFINITY);
+            let (a, b) = (jlo - j0, jhi - j0);
+            vecops::gemv_t_fma(&t.kt[a..], TILE_KV, b - a, r.q, &mut sc[a..b]);
+            for x in &mut sc[a..b] {
+                *x = if job.softcap != 0.0 {
+                    (*x * (job.scale / job.softcap)).tanh() * job.softcap
+                } else {
+                    *x * job.scale
+                };
+            }
+            let tile_max = sc[a..b].iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y));
+            let acc = &mut t.acc[ri * hv..(ri + 1) * hv];
+            let m = &mut t.m[ri];
+            let l = &mut t.l[ri];
+            let m_new = m.max(tile_max);
+            if m_new > *m {
+                let ms = (*m - m_new).exp();
+                vecops::scale(acc, ms);
+                *l *= ms;
+            }
+            *m = m_new;
+            let mut total = 0.0f64;
+            let mut p = [0.0f32; TILE_KV];
+            for g in 0..TILE_KV / 8 {
+                let mut x = [0.0f32; 8];
+                for (i, xi) in x.iter_mut().enumerate() {
+                    *xi = sc[8 * g + i] - m_new;
+                }
+                vecops::v_expf8(&mut x);
+                total += vecops::hsum8_ggml(&x) as f64;
+                p[8 * g..8 * g + 8].copy_from_slice(&x);
+            }
+            *l = (*l as f64 + total) as f32;
+            for j in jlo..jhi {
+                let tt = j - j0;
+                vecops::fma_f32(acc, p[tt], &t.v32[tt * hv..(tt + 1) * hv]);
             }
         }
-        vecops::gemv_t_fma(
-            &kt[..hd * TILE_KV],
-            TILE_KV,
-            nt,
-            q,
-            &mut sc[jlo - j0..jhi - j0],
-        );
-        for x in &mut sc[jlo - j0..jhi - j0] {
-            *x = if job.softcap != 0.0 {
-                (*x * (job.scale / job.softcap)).tanh() * job.softcap
+    }
+    for (ri, r) in rows.iter_mut().enumerate() {
+        let acc = &mut t.acc[ri * hv..(ri + 1) * hv];
+        let (m, mut l) = (t.m[ri], t.l[ri]);
+        if let Some(s) = sink {
+            let (ms, vs) = if s > m {
+                ((m - s).exp(), 1.0)
             } else {
-                *x * job.scale
+                (1.0, (s - m).exp())
             };
-        }
-        let tile_max = sc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        if tile_max == f32::NEG_INFINITY {
-            continue;
-        }
-        let m_new = m.max(tile_max);
-        if m_new > m {
-            let ms = (m - m_new).exp();
             vecops::scale(acc, ms);
-            l *= ms;
+            l = l.mul_add(ms, vs);
         }
-        m = m_new;
-        let mut total = 0.0f64;
-        let mut p = [0.0f32; TILE_KV];
-        for g in 0..TILE_KV / 8 {
-            let mut x = [0.0f32; 8];
-            for (i, xi) in x.iter_mut().enumerate() {
-                *xi = sc[8 * g + i] - m;
-            }
-            vecops::v_expf8(&mut x);
-            total += vecops::hsum8_ggml(&x) as f64;
-            p[8 * g..8 * g + 8].copy_from_slice(&x);
+        let inv = if l == 0.0 { 0.0 } else { 1.0 / l };
+        for (o, a) in r.out.iter_mut().zip(acc.iter()) {
+            *o = a * inv;
         }
-        l = (l as f64 + total) as f32;
-        for j in jlo..jhi {
-            let off = (base + j) * job.row_stride_v + kv_head * hv;
-            vecops::fma_f16_into_f32(acc, p[j - j0], &v[off..off + hv]);
-        }
-    }
-    if let Some(s) = sink {
-        let (ms, vs) = if s > m {
-            ((m - s).exp(), 1.0)
-        } else {
-            (1.0, (s - m).exp())
-        };
-        vecops::scale(acc, ms);
-        l = l.mul_add(ms, vs);
-    }
-    let inv = if l == 0.0 { 0.0 } else { 1.0 / l };
-    for (o, a) in out.iter_mut().zip(acc.iter()) {
-        *o = a * inv;
     }
 }
 
