@@ -158,7 +158,7 @@ fn worker(s: Arc<Shared>) {
             }
             spins = spins.wrapping_add(1);
             // Read the clock only now and then: it costs more than a spin.
-            if spins % 256 != 0 || start.elapsed() < SPIN {
+            if !spins.is_multiple_of(256) || start.elapsed() < SPIN {
                 std::hint::spin_loop();
                 continue;
             }
