@@ -140,6 +140,41 @@ fn bad_arguments_and_files() {
     assert_clean_error(&out, "cache type");
 }
 
+/// A file the process may not read. As root, permissions do not apply, so the command runs
+/// as `nobody` through `runuser`; without either, the check is skipped with a message.
+#[test]
+fn unreadable_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = tmp("unreadable.gguf");
+    std::fs::copy(fixture("llama", "llama-Q4_0.gguf"), &p).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
+    let out = if is_root {
+        let dir = p.parent().unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        match Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(env!("CARGO_BIN_EXE_engine"))
+            .arg("inspect")
+            .arg(&p)
+            .output()
+        {
+            Ok(o) if !String::from_utf8_lossy(&o.stderr).contains("runuser:") => o,
+            _ => {
+                eprintln!("SKIPPED: running as root without a usable `runuser`; unreadable-file handling not checked");
+                return;
+            }
+        }
+    } else {
+        engine().arg("inspect").arg(&p).output().unwrap()
+    };
+    assert_clean_error(&out, "permission denied");
+}
+
 #[test]
 fn prompt_longer_than_the_context() {
     let model = fixture("llama", "llama-F32.gguf");

@@ -79,6 +79,10 @@ fn parse_kv_type(s: &str) -> Result<DType> {
 
 /// A model argument to a file: an existing path, an installed model, or a known name pulled now.
 pub fn resolve_model(spec: &str) -> Result<PathBuf> {
+    // A path is used as is, without touching the store.
+    if std::path::Path::new(spec).is_file() {
+        return Ok(PathBuf::from(spec));
+    }
     let store = engine_store::Store::open_default()?;
     let mut bar = crate::progress::Bar::new();
     Ok(store.ensure(spec, &mut bar)?)
