@@ -6,6 +6,8 @@
 //! configured for is used. Fetching is idempotent and safe when test binaries race: files
 //! are written to a temporary name and renamed into place.
 
+#![warn(missing_docs)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;

@@ -35,7 +35,7 @@ pub fn e8m0_to_f32_half(e: u8) -> f32 {
     f32::from_bits(bits)
 }
 
-/// IQ4_NL: `d: f16, qs: [u8; 16]`; value = d * KVALUES_IQ4NL[nibble].
+/// IQ4_NL: `d: f16, qs: [u8; 16]`; value = `d * KVALUES_IQ4NL[nibble]`.
 pub fn dequant_iq4_nl(b: &[u8], out: &mut [f32]) {
     for (blk, y) in b.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
         let d = f16_at(blk, 0);
@@ -73,7 +73,7 @@ pub fn dequant_iq4_xs(b: &[u8], out: &mut [f32]) {
     }
 }
 
-/// MXFP4: `e: u8` (E8M0), `qs: [u8; 16]`; value = KVALUES_MXFP4[nibble] * 2^(e-128).
+/// MXFP4: `e: u8` (E8M0), `qs: [u8; 16]`; value = `KVALUES_MXFP4[nibble] * 2^(e-128)`.
 pub fn dequant_mxfp4(b: &[u8], out: &mut [f32]) {
     for (blk, y) in b.chunks_exact(17).zip(out.chunks_exact_mut(32)) {
         let d = e8m0_to_f32_half(blk[0]);

@@ -205,7 +205,7 @@ fn visible_from(job: &HeadJob, pos: usize) -> usize {
 }
 
 /// Attends one query head the way ggml's CPU flash attention does for small batches with
-/// an f16 cache (fewer than [`F16_ACCUM_MAX_QUERIES`] queries): see [`accumulate_f16`].
+/// an f16 cache (fewer than [`F16_ACCUM_MAX_QUERIES`] queries): keys one at a time, an f16 accumulator, an f32 softmax sum.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_f16_accum(
     job: &HeadJob,
