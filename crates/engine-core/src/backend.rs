@@ -160,7 +160,17 @@ pub trait Backend: Send + Sync {
     fn embed(&self, table: &Weight, ids: &[u32], out: &mut Tensor) -> Result<()>;
 
     /// `out = x @ w^T`: `x` is `[n, k]`, `w` is `[m, k]`, `out` is `[n, m]`.
-    fn matmul(&self, x: &Tensor, w: &Weight, out: &mut Tensor) -> Result<()>;
+    fn matmul(&self, x: &Tensor, w: &Weight, out: &mut Tensor) -> Result<()> {
+        self.matmul_groups(x, w, out, &[x.rows() as u32])
+    }
+
+    /// [`Backend::matmul`] for a batch made of independent row groups (one per sequence):
+    /// `groups` holds their lengths in order, summing to `x.rows()`. Each group must give
+    /// the same results it would give as a batch of its own, so batching sequences
+    /// together never changes their numbers. Backends whose arithmetic does not depend on
+    /// the batch shape may ignore the grouping.
+    fn matmul_groups(&self, x: &Tensor, w: &Weight, out: &mut Tensor, groups: &[u32])
+        -> Result<()>;
 
     /// Adds a bias row (`[cols]`) to every row of `x`.
     fn add_bias(&self, x: &mut Tensor, bias: &Weight) -> Result<()>;
@@ -195,7 +205,9 @@ pub trait Backend: Send + Sync {
         n: usize,
     ) -> Result<()>;
 
-    /// Attention for each query row over the cached keys `k` and values `v`
+    /// Attention for each query row over the cached keys `k` and values `v`. Consecutive
+    /// queries with the same `kv_base` form one sequence's group; as with
+    /// [`Backend::matmul_groups`], each group's results must not depend on the others
     /// (`[rows, n_kv_head * head_dim]` each). `q` is `[n, n_head * head_dim]`,
     /// `out` is `[n, n_head * head_dim_v]`.
     fn attention(

@@ -216,7 +216,13 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn matmul(&self, x: &Tensor, w: &Weight, out: &mut Tensor) -> Result<()> {
+    fn matmul_groups(
+        &self,
+        x: &Tensor,
+        w: &Weight,
+        out: &mut Tensor,
+        groups: &[u32],
+    ) -> Result<()> {
         let (n, k, m) = (x.rows(), x.cols(), w.rows());
         check(w.cols() == k && out.cols() == m && out.rows() == n, || {
             format!(
@@ -227,12 +233,16 @@ impl Backend for CpuBackend {
                 out.shape()
             )
         })?;
+        check(
+            groups.iter().map(|&g| g as usize).sum::<usize>() == n && !groups.contains(&0),
+            || format!("row groups {groups:?} do not partition {n} rows"),
+        )?;
         let kern = kernels::kernel(w.dtype(), self.isa).ok_or(Error::UnsupportedType(w.dtype()))?;
         let xs = f32s(x)?;
         let ws = cpu_weight(w)?.bytes();
         let os = f32s_mut(out)?;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        matmul::matmul(&self.pool, &kern, xs, n, k, ws, m, os, &mut scratch)
+        matmul::matmul(&self.pool, &kern, xs, n, k, ws, m, os, groups, &mut scratch)
     }
 
     fn add_bias(&self, x: &mut Tensor, bias: &Weight) -> Result<()> {
@@ -499,94 +509,104 @@ impl Backend for CpuBackend {
             softcap: spec.softcap,
             window: spec.window,
         };
-        // llama.cpp's CPU flash attention, which these numbers follow: with an f16 cache and
-        // fewer than 64 queries per call it rounds Q to f16 and accumulates V in f16;
-        // otherwise it works in f32 tiles.
-        // Numerics follow llama.cpp's CPU flash attention with an f16 cache, path by path:
-        // a single query over a long cache is split across threads, fewer than 64 queries
-        // accumulate in f16, more use f32 tiles.
+        // Numerics follow llama.cpp's CPU flash attention with an f16 cache, path by path,
+        // chosen per sequence (a run of queries with the same kv_base) so that sequences
+        // batched together give the results they give alone: a single query over a long
+        // cache is split across threads, fewer than 64 queries accumulate in f16, more use
+        // f32 tiles.
         let f16_cache = k.dtype() == DType::F16 && v.dtype() == DType::F16;
-        let f16_path = f16_cache && n < ops::attention::F16_ACCUM_MAX_QUERIES;
         let n_threads = self.pool.n_threads();
         let qs = f32s(q)?;
         let os = f32s_mut(out)?;
         let op = SendPtr(os.as_mut_ptr());
         let group = nh / nkv;
-        if f16_cache && !f16_path {
-            // Tiled path: one task per (head, run of up to 64 queries), sharing K/V tiles.
-            const ROWS: usize = 64;
-            let chunks = n.div_ceil(ROWS);
-            self.pool.run(nh * chunks, &|task| {
-                let (h, c) = (task % nh, task / nh);
-                let (r0, r1) = (c * ROWS, ((c + 1) * ROWS).min(n));
-                let mut start = r0;
-                while start < r1 {
-                    // queries of one sequence share the cache rows
-                    let base = spec.queries[start].kv_base;
-                    let mut end = start + 1;
-                    while end < r1 && spec.queries[end].kv_base == base {
-                        end += 1;
-                    }
-                    let mut group_rows: [ops::attention::TiledRow; ROWS] =
+        let queries = spec.queries;
+        let run_len = |t: usize| -> usize {
+            let b = queries[t].kv_base;
+            let lo = (0..t)
+                .rev()
+                .take_while(|&i| queries[i].kv_base == b)
+                .count();
+            let hi = (t + 1..n).take_while(|&i| queries[i].kv_base == b).count();
+            lo + 1 + hi
+        };
+        const ROWS: usize = 64;
+        let chunks = n.div_ceil(ROWS);
+        self.pool.run(nh * chunks, &|task| {
+            let (h, c) = (task % nh, task / nh);
+            let (r0, r1) = (c * ROWS, ((c + 1) * ROWS).min(n));
+            let (kvh, sink) = (h / group, sinks.map(|s| s[h]));
+            let qrow = |t: usize| &qs[t * nh * hd + h * hd..t * nh * hd + (h + 1) * hd];
+            let mut start = r0;
+            while start < r1 {
+                let base = queries[start].kv_base;
+                let end = start
+                    + (start..r1)
+                        .take_while(|&i| queries[i].kv_base == base)
+                        .count();
+                let run = run_len(start);
+                if f16_cache && run >= ops::attention::F16_ACCUM_MAX_QUERIES {
+                    // Tiled path: the sub-run shares converted K/V tiles.
+                    let mut rows: [ops::attention::TiledRow; ROWS] =
                         std::array::from_fn(|_| ops::attention::TiledRow {
                             q: &[],
                             pos: 0,
                             out: &mut [],
                         });
-                    for (slot, t) in group_rows.iter_mut().zip(start..end) {
+                    for (slot, t) in rows.iter_mut().zip(start..end) {
                         // SAFETY: each task writes its own (token, head) slices.
                         let out = unsafe { op.slice(t * nh * hv + h * hv, hv) };
                         *slot = ops::attention::TiledRow {
-                            q: &qs[t * nh * hd + h * hd..t * nh * hd + (h + 1) * hd],
-                            pos: spec.queries[t].pos as usize,
+                            q: qrow(t),
+                            pos: queries[t].pos as usize,
                             out,
                         };
                     }
-                    let k = end - start;
                     ops::attention::attend_tiled(
                         &job,
-                        &mut group_rows[..k],
-                        h / group,
-                        base as usize,
-                        sinks.map(|s| s[h]),
-                    );
-                    start = end;
-                }
-            });
-            return Ok(());
-        }
-        self.pool.run(n * nh, &|task| {
-            let (t, h) = (task / nh, task % nh);
-            let qrow = &qs[t * nh * hd + h * hd..t * nh * hd + (h + 1) * hd];
-            let qp = spec.queries[t];
-            // SAFETY: each task writes its own (token, head) slice.
-            let o = unsafe { op.slice(t * nh * hv + h * hv, hv) };
-            let (kvh, base, pos, sink) = (
-                h / group,
-                qp.kv_base as usize,
-                qp.pos as usize,
-                sinks.map(|s| s[h]),
-            );
-            if f16_path {
-                let mut qbuf = [0u16; ops::attention::MAX_HEAD_DIM];
-                ops::attention::to_f16_bits(qrow, &mut qbuf[..hd]);
-                let padded = (pos + 1).div_ceil(ops::attention::KV_PAD) * ops::attention::KV_PAD;
-                if n == 1 && padded >= ops::attention::SPLIT_KV_MIN {
-                    ops::attention::attend_split_kv(
-                        &job,
-                        &qbuf[..hd],
+                        &mut rows[..end - start],
                         kvh,
-                        base,
-                        pos,
+                        base as usize,
                         sink,
-                        n_threads,
-                        o,
                     );
                 } else {
-                    ops::attention::attend_f16_accum(&job, &qbuf[..hd], kvh, base, pos, sink, o);
+                    for t in start..end {
+                        // SAFETY: each task writes its own (token, head) slice.
+                        let o = unsafe { op.slice(t * nh * hv + h * hv, hv) };
+                        let pos = queries[t].pos as usize;
+                        if f16_cache {
+                            let mut qbuf = [0u16; ops::attention::MAX_HEAD_DIM];
+                            ops::attention::to_f16_bits(qrow(t), &mut qbuf[..hd]);
+                            let padded =
+                                (pos + 1).div_ceil(ops::attention::KV_PAD) * ops::attention::KV_PAD;
+                            if run == 1 && padded >= ops::attention::SPLIT_KV_MIN {
+                                ops::attention::attend_split_kv(
+                                    &job,
+                                    &qbuf[..hd],
+                                    kvh,
+                                    base as usize,
+                                    pos,
+                                    sink,
+                                    n_threads,
+                                    o,
+                                );
+                            } else {
+                                ops::attention::attend_f16_accum(
+                                    &job,
+                                    &qbuf[..hd],
+                                    kvh,
+                                    base as usize,
+                                    pos,
+                                    sink,
+                                    o,
+                                );
+                            }
+                        } else {
+                            ops::attention::attend(&job, qrow(t), kvh, base as usize, pos, sink, o);
+                        }
+                    }
                 }
-            } else {
-                ops::attention::attend(&job, qrow, kvh, base, pos, sink, o);
+                start = end;
             }
         });
         Ok(())

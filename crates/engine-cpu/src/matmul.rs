@@ -15,7 +15,8 @@ const DECODE_ROWS: usize = 64;
 const PREFILL_ROWS: usize = 16;
 
 /// Multiplies `x` (`n` rows of `k` f32) by the weight rows `w` (`m` rows of `k` elements in
-/// `kern.weight`'s layout) into `out` (`n` rows of `m`). `scratch` holds the converted
+/// `kern.weight`'s layout) into `out` (`n` rows of `m`). `groups` partitions the rows into
+/// independent batches (see `Backend::matmul_groups`). `scratch` holds the converted
 /// activations and is grown as needed (it is reused across calls).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
@@ -27,6 +28,7 @@ pub fn matmul(
     w: &[u8],
     m: usize,
     out: &mut [f32],
+    groups: &[u32],
     scratch: &mut Vec<u8>,
 ) -> Result<()> {
     let w_row = kern
@@ -69,8 +71,14 @@ pub fn matmul(
     pool.run(n_chunks, &|c| {
         let r0 = c * chunk;
         let r1 = (r0 + chunk).min(m);
+        let (mut g, mut g_start) = (0usize, 0usize);
         for col in 0..n {
-            let dot = kern.select(m, n, col);
+            // the variant this row would get if its group were a batch of its own
+            while col >= g_start + groups[g] as usize {
+                g_start += groups[g] as usize;
+                g += 1;
+            }
+            let dot = kern.select(m, groups[g] as usize, col - g_start);
             let a = &acts[col * a_row..(col + 1) * a_row];
             // SAFETY: this task alone writes out[col * m + r0 .. col * m + r1].
             let o = unsafe { op.slice(col * m + r0, r1 - r0) };

@@ -133,6 +133,9 @@ struct Scratch {
     rows: Vec<u32>,
     queries: Vec<QueryPos>,
     out_idx: Vec<u32>,
+    /// Lengths of the runs of consecutive tokens of one sequence (matmul row groups).
+    groups: Vec<u32>,
+    out_groups: Vec<u32>,
 }
 
 impl Decoder {
@@ -262,6 +265,8 @@ impl Decoder {
             rows: Vec::with_capacity(n_batch),
             queries: Vec::with_capacity(n_batch),
             out_idx: Vec::with_capacity(n_batch),
+            groups: Vec::with_capacity(n_batch),
+            out_groups: Vec::with_capacity(n_out),
         })
     }
 
@@ -306,7 +311,12 @@ impl Decoder {
             let pos = &batch.pos[range.clone()];
             s.rows.clear();
             s.queries.clear();
+            s.groups.clear();
             for i in range.clone() {
+                match s.groups.last_mut() {
+                    Some(g) if batch.seq[i] == batch.seq[i - 1] => *g += 1,
+                    _ => s.groups.push(1),
+                }
                 let base = batch.seq[i] * n_ctx as u32;
                 s.rows.push(base + batch.pos[i]);
                 s.queries.push(QueryPos {
@@ -335,9 +345,9 @@ impl Decoder {
 
                 be.rms_norm(&s.x, Some(&lw.attn_norm), hp.rms_eps, &mut s.h)?;
                 ctx.observe(format_args!("attn_norm-{l}"), &s.h)?;
-                be.matmul(&s.h, &lw.wq, &mut s.q)?;
-                be.matmul(&s.h, &lw.wk, &mut s.k)?;
-                be.matmul(&s.h, &lw.wv, &mut s.v)?;
+                be.matmul_groups(&s.h, &lw.wq, &mut s.q, &s.groups)?;
+                be.matmul_groups(&s.h, &lw.wk, &mut s.k, &s.groups)?;
+                be.matmul_groups(&s.h, &lw.wv, &mut s.v, &s.groups)?;
                 if let Some(b) = &lw.bq {
                     be.add_bias(&mut s.q, b)?;
                 }
@@ -387,7 +397,7 @@ impl Decoder {
                 };
                 be.attention(&s.q, &kv.k, &kv.v, &spec, &mut s.attn)?;
                 ctx.observe(format_args!("kqv_out-{l}"), &s.attn)?;
-                be.matmul(&s.attn, &lw.wo, &mut s.o)?;
+                be.matmul_groups(&s.attn, &lw.wo, &mut s.o, &s.groups)?;
                 ctx.observe(format_args!("attn_out-{l}"), &s.o)?;
                 if let Some(b) = &lw.bo {
                     be.add_bias(&mut s.o, b)?;
@@ -400,19 +410,19 @@ impl Decoder {
 
                 be.rms_norm(&s.x, Some(&lw.ffn_norm), hp.rms_eps, &mut s.h)?;
                 ctx.observe(format_args!("ffn_norm-{l}"), &s.h)?;
-                be.matmul(&s.h, &lw.ffn_up, &mut s.up)?;
+                be.matmul_groups(&s.h, &lw.ffn_up, &mut s.up, &s.groups)?;
                 match &lw.ffn_gate {
                     Some(g) => {
-                        be.matmul(&s.h, g, &mut s.gate)?;
+                        be.matmul_groups(&s.h, g, &mut s.gate, &s.groups)?;
                         ctx.observe(format_args!("ffn_gate-{l}"), &s.gate)?;
                         ctx.observe(format_args!("ffn_up-{l}"), &s.up)?;
                         be.glu(self.cfg.act, &mut s.gate, &s.up)?;
                         ctx.observe(format_args!("ffn_geglu-{l}"), &s.gate)?;
-                        be.matmul(&s.gate, &lw.ffn_down, &mut s.o)?;
+                        be.matmul_groups(&s.gate, &lw.ffn_down, &mut s.o, &s.groups)?;
                     }
                     None => {
                         be.glu(self.cfg.act, &mut s.up, &s.gate)?;
-                        be.matmul(&s.up, &lw.ffn_down, &mut s.o)?;
+                        be.matmul_groups(&s.up, &lw.ffn_down, &mut s.o, &s.groups)?;
                     }
                 }
                 ctx.observe(format_args!("ffn_out-{l}"), &s.o)?;
@@ -439,7 +449,21 @@ impl Decoder {
                 s.logits.reshape(&[m, n_vocab])?;
                 be.gather_rows(&s.x, &s.out_idx[start..end], &mut s.sel)?;
                 be.rms_norm(&s.sel, Some(&self.output_norm), hp.rms_eps, &mut s.sel_norm)?;
-                be.matmul(&s.sel_norm, &self.output, &mut s.logits)?;
+                s.out_groups.clear();
+                for (j, &r) in s.out_idx[start..end].iter().enumerate() {
+                    let seq = batch.seq[range.start + r as usize];
+                    match s.out_groups.last_mut() {
+                        Some(g)
+                            if j > 0
+                                && batch.seq[range.start + s.out_idx[start + j - 1] as usize]
+                                    == seq =>
+                        {
+                            *g += 1
+                        }
+                        _ => s.out_groups.push(1),
+                    }
+                }
+                be.matmul_groups(&s.sel_norm, &self.output, &mut s.logits, &s.out_groups)?;
                 let at = logits.len();
                 logits.resize(at + m * n_vocab, 0.0);
                 be.read_f32(&s.logits, &mut logits[at..])?;
