@@ -296,6 +296,7 @@ impl Decoder {
         batch: &Batch,
         range: std::ops::Range<usize>,
         logits: &mut Vec<f32>,
+        output: Output,
     ) -> Result<()> {
         let be = &*self.backend;
         let hp = &self.cfg.hp;
@@ -463,6 +464,13 @@ impl Decoder {
                         _ => s.out_groups.push(1),
                     }
                 }
+                if output == Output::Embeddings {
+                    let at = logits.len();
+                    logits.resize(at + m * e, 0.0);
+                    be.read_f32(&s.sel_norm, &mut logits[at..])?;
+                    start = end;
+                    continue;
+                }
                 be.matmul_groups(&s.sel_norm, &self.output, &mut s.logits, &s.out_groups)?;
                 let at = logits.len();
                 logits.resize(at + m * n_vocab, 0.0);
@@ -479,6 +487,35 @@ impl Decoder {
         })();
         ctx.scratch = Some(s);
         result
+    }
+}
+
+/// What a forward pass produces for the tokens marked for output.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Logits,
+    Embeddings,
+}
+
+impl Decoder {
+    fn run(
+        &self,
+        ctx: &mut Context,
+        batch: &Batch,
+        out: &mut Vec<f32>,
+        output: Output,
+    ) -> Result<()> {
+        ctx.validate(batch, self.info.n_vocab)?;
+        out.clear();
+        let step = ctx.opts.n_batch;
+        let mut start = 0;
+        while start < batch.len() {
+            let end = (start + step).min(batch.len());
+            self.run_chunk(ctx, batch, start..end, out, output)?;
+            start = end;
+        }
+        ctx.commit();
+        Ok(())
     }
 }
 
@@ -508,16 +545,15 @@ impl Model for Decoder {
     }
 
     fn forward(&self, ctx: &mut Context, batch: &Batch, logits: &mut Vec<f32>) -> Result<()> {
-        ctx.validate(batch, self.info.n_vocab)?;
-        logits.clear();
-        let step = ctx.opts.n_batch;
-        let mut start = 0;
-        while start < batch.len() {
-            let end = (start + step).min(batch.len());
-            self.run_chunk(ctx, batch, start..end, logits)?;
-            start = end;
-        }
-        ctx.commit();
-        Ok(())
+        self.run(ctx, batch, logits, Output::Logits)
+    }
+
+    fn forward_embeddings(
+        &self,
+        ctx: &mut Context,
+        batch: &Batch,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.run(ctx, batch, out, Output::Embeddings)
     }
 }

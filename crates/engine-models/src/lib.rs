@@ -86,6 +86,16 @@ pub trait Model: Send + Sync {
     /// Evaluates `batch`, appending the logits of tokens marked for output, in batch order,
     /// to `logits` (cleared first): `n_outputs * n_vocab` values.
     fn forward(&self, ctx: &mut Context, batch: &Batch, logits: &mut Vec<f32>) -> Result<()>;
+
+    /// Like [`Model::forward`], but produces the final normalised hidden state of each token
+    /// marked for output (`n_outputs * n_embd` values) instead of logits: the input of
+    /// embedding pooling.
+    fn forward_embeddings(
+        &self,
+        ctx: &mut Context,
+        batch: &Batch,
+        out: &mut Vec<f32>,
+    ) -> Result<()>;
 }
 
 /// Loads the architecture named by the file onto `backend`.

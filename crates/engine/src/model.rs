@@ -430,6 +430,26 @@ impl<'m> Session<'m> {
         Ok(out)
     }
 
+    /// Evaluates `ids` at positions `0..` of a cleared context and returns the final
+    /// normalised hidden state of every position (`ids.len() * n_embd` values), the input
+    /// of embedding pooling.
+    pub fn hidden_states(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.len() > self.ctx.n_ctx() {
+            return Err(Error::PromptTooLong {
+                prompt: ids.len(),
+                n_ctx: self.ctx.n_ctx(),
+            });
+        }
+        self.reset();
+        self.batch.clear();
+        self.batch.push_seq(ids, 0, 0, true);
+        let mut out = Vec::new();
+        self.model
+            .model
+            .forward_embeddings(&mut self.ctx, &self.batch, &mut out)?;
+        Ok(out)
+    }
+
     /// Generates from `prompt` in a cleared context, calling `on_token` for each token; the
     /// callback returns `false` to stop.
     pub fn generate(
