@@ -31,6 +31,19 @@ enum Command {
     List(cmd::store::ListArgs),
     /// Remove an installed model.
     Rm(cmd::store::RmArgs),
+    /// Measure prompt-processing and generation speed (llama-bench's flags and tables).
+    Bench(cmd::bench::BenchArgs),
+}
+
+/// llama.cpp's tools spell some long options with one dash (`-pg`, `-ub`, `-ctk`); accept
+/// those spellings by rewriting them to the `--` form before parsing.
+fn llama_style_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const LONG_WITH_ONE_DASH: &[&str] = &["-pg", "-ub", "-ctk", "-ctv"];
+    args.map(|a| match a.to_str() {
+        Some(s) if LONG_WITH_ONE_DASH.contains(&s) => format!("-{s}").into(),
+        _ => a,
+    })
+    .collect()
 }
 
 fn main() {
@@ -44,7 +57,7 @@ fn main() {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error (this is a bug, please report it): {info}");
     }));
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(llama_style_args(std::env::args_os())) {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -74,6 +87,7 @@ fn main() {
         Command::Pull(a) => cmd::store::pull(a),
         Command::List(a) => cmd::store::list(a),
         Command::Rm(a) => cmd::store::rm(a),
+        Command::Bench(a) => cmd::bench::run(a),
     });
     match result {
         Ok(Ok(())) => {}

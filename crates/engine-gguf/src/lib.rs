@@ -8,11 +8,13 @@
 
 #![warn(missing_docs)]
 
+pub mod ftype;
 pub mod model;
 pub mod reader;
 pub mod value;
 pub mod writer;
 
+pub use ftype::file_type_name;
 pub use model::GgufModel;
 pub use reader::{GgufFile, TensorInfo};
 pub use value::{Array, Value, ValueType};

@@ -20,6 +20,7 @@
 //! # Ok::<(), engine::Error>(())
 //! ```
 //!
+//! * [`bench`]: throughput tests with llama-bench's semantics.
 //! * [`model`]: [`Model`] (weights, tokenizer, backend) and [`Session`] (one sequence).
 //! * [`sampling`]: the sampler.
 //! * [`memory`]: memory estimates and the refusal to overcommit.
@@ -27,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod error;
 pub mod memory;
 pub mod model;

@@ -1,5 +1,6 @@
 //! Subcommands, and the model options they share.
 
+pub mod bench;
 pub mod inspect;
 pub mod logits;
 pub mod run;
