@@ -3,23 +3,30 @@
 //! * `test-aarch64`: builds the CPU kernels for aarch64 and runs their tests under qemu, so the
 //!   NEON code paths (Raspberry Pi 5, Jetson CPUs) are checked on an x86 machine. Installs the
 //!   rustup target, qemu-user and the cross linker when missing (Debian/Ubuntu, as root).
+//! * `bench-vs-llamacpp`: `engine bench` against llama.cpp's `llama-bench` on the default
+//!   model's quant ladder, interleaved, with ratios (see [`vs_llamacpp`]).
 
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod vs_llamacpp;
+
 fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
     match task.as_str() {
         "test-aarch64" => test_aarch64(),
+        "bench-vs-llamacpp" => vs_llamacpp::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
-            eprintln!("usage: cargo xtask <task>\n\ntasks:\n  test-aarch64   run the CPU kernel tests for aarch64 under qemu");
+            eprintln!(
+                "usage: cargo xtask <task>\n\ntasks:\n  test-aarch64        run the CPU kernel tests for aarch64 under qemu\n  bench-vs-llamacpp   engine bench vs llama-bench on the quant ladder (--help)"
+            );
             bail!("unknown task '{task}'")
         }
     }
 }
 
-fn have(cmd: &str) -> bool {
+pub(crate) fn have(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd} >/dev/null 2>&1")])
         .status()
@@ -27,7 +34,7 @@ fn have(cmd: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn sh(cmd: &str) -> Result<()> {
+pub(crate) fn sh(cmd: &str) -> Result<()> {
     eprintln!("+ {cmd}");
     let st = Command::new("sh")
         .args(["-c", cmd])

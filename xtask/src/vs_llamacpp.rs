@@ -1,0 +1,308 @@
+//! `cargo xtask bench-vs-llamacpp`: our `engine bench` against llama.cpp's `llama-bench` on
+//! the same files and threads, interleaved A B A B, with the ratio per cell.
+//!
+//! * llama.cpp is built once from the llama-cpp-python source distribution (its vendored
+//!   llama.cpp, the same one every reference fixture was made with) into
+//!   `<workspace>/.cache/llamacpp/build` (`LLAMACPP_BUILD` overrides, e.g. to reuse a build).
+//! * The quant ladder (Q8_0, Q6_K, Q4_0, IQ4_NL, F16) is made from the real Q4_K_M file with
+//!   `llama-quantize --allow-requantize` into `<workspace>/.cache/llamacpp/ladder`.
+//! * Each round runs every cell once with `-r 1` in both engines, one after the other, so
+//!   slow drifts of a noisy machine hit both alike; the table reports the mean ± stddev over
+//!   rounds and the ratio of the means.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{have, sh};
+
+/// The ladder, in table order: label, llama-quantize type (None = the original file).
+const LADDER: &[(&str, Option<&str>)] = &[
+    ("Q4_K_M", None),
+    ("Q8_0", Some("Q8_0")),
+    ("Q6_K", Some("Q6_K")),
+    ("Q4_0", Some("Q4_0")),
+    ("IQ4_NL", Some("IQ4_NL")),
+    ("F16", Some("F16")),
+];
+
+struct Options {
+    quants: Vec<String>,
+    threads: Vec<usize>,
+    rounds: usize,
+    n_prompt: usize,
+    n_gen: usize,
+    depth: Vec<usize>,
+    json_out: Option<PathBuf>,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut o = Options {
+        quants: LADDER.iter().map(|l| l.0.to_string()).collect(),
+        threads: vec![1, 2],
+        rounds: 3,
+        n_prompt: 512,
+        n_gen: 128,
+        depth: vec![0],
+        json_out: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
+        let list = |s: &str| -> Result<Vec<usize>> {
+            s.split(',')
+                .map(|x| {
+                    x.trim()
+                        .parse()
+                        .with_context(|| format!("bad number '{x}'"))
+                })
+                .collect()
+        };
+        match a.as_str() {
+            "--quants" => o.quants = val()?.split(',').map(|s| s.trim().to_string()).collect(),
+            "-t" | "--threads" => o.threads = list(val()?)?,
+            "--rounds" => o.rounds = val()?.parse()?,
+            "-p" => o.n_prompt = val()?.parse()?,
+            "-n" => o.n_gen = val()?.parse()?,
+            "-d" => o.depth = list(val()?)?,
+            "--json" => o.json_out = Some(PathBuf::from(val()?)),
+            "-h" | "--help" => {
+                eprintln!(
+                    "usage: cargo xtask bench-vs-llamacpp [--quants Q4_K_M,Q8_0,...] [-t 1,2] \
+                     [--rounds 3] [-p 512] [-n 128] [-d 0,1024] [--json FILE]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown option '{other}'"),
+        }
+    }
+    for q in &o.quants {
+        if !LADDER.iter().any(|l| l.0 == q) {
+            bail!(
+                "unknown quant '{q}' (one of {})",
+                LADDER.iter().map(|l| l.0).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    if o.rounds == 0 || o.threads.is_empty() {
+        bail!("--rounds and --threads need at least one");
+    }
+    Ok(o)
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
+}
+
+/// Builds llama-bench, llama-quantize and llama-perplexity once; returns the bin directory.
+pub fn llamacpp_bin() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("LLAMACPP_BUILD") {
+        let bin = PathBuf::from(p).join("bin");
+        if bin.join("llama-bench").exists() {
+            return Ok(bin);
+        }
+        bail!("LLAMACPP_BUILD={} has no bin/llama-bench", bin.display());
+    }
+    let root = workspace_root().join(".cache/llamacpp");
+    let build = root.join("build");
+    let bin = build.join("bin");
+    let tools = ["llama-bench", "llama-quantize", "llama-perplexity"];
+    if tools.iter().all(|t| bin.join(t).exists()) {
+        return Ok(bin);
+    }
+    if !have("cmake") || !have("g++") {
+        sh("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake g++ make >/dev/null")?;
+    }
+    let sdist = engine_testdata::llama_cpp_sdist().map_err(anyhow::Error::msg)?;
+    let src = root.join("src");
+    if !src.join("CMakeLists.txt").exists() {
+        std::fs::create_dir_all(&src)?;
+        sh(&format!(
+            "tar -xzf '{}' -C '{}' --strip-components=3 --wildcards '*/vendor/llama.cpp/*'",
+            sdist.display(),
+            src.display()
+        ))?;
+    }
+    sh(&format!(
+        "cmake -S '{}' -B '{}' -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null",
+        src.display(),
+        build.display()
+    ))?;
+    sh(&format!(
+        "cmake --build '{}' --config Release -j 2 --target {}",
+        build.display(),
+        tools.join(" ")
+    ))?;
+    Ok(bin)
+}
+
+/// The ladder's files, quantizing the missing ones.
+fn ladder(bin: &Path, quants: &[String]) -> Result<Vec<(String, PathBuf)>> {
+    let base = engine_testdata::gemma3_model().map_err(anyhow::Error::msg)?;
+    let dir = workspace_root().join(".cache/llamacpp/ladder");
+    std::fs::create_dir_all(&dir)?;
+    let mut out = vec![];
+    for (label, qtype) in LADDER {
+        if !quants.iter().any(|q| q == label) {
+            continue;
+        }
+        let path = match qtype {
+            None => base.clone(),
+            Some(t) => {
+                let p = dir.join(format!("gemma-3-270m-{}.gguf", label.to_lowercase()));
+                if !p.exists() {
+                    let tmp = p.with_extension("tmp");
+                    sh(&format!(
+                        "'{}' --allow-requantize '{}' '{}' {t} >/dev/null 2>&1",
+                        bin.join("llama-quantize").display(),
+                        base.display(),
+                        tmp.display()
+                    ))?;
+                    std::fs::rename(&tmp, &p)?;
+                }
+                p
+            }
+        };
+        out.push((label.to_string(), path));
+    }
+    Ok(out)
+}
+
+/// Runs a benchmark command that prints llama-bench JSON; returns t/s per test name.
+fn bench_json(cmd: &mut Command) -> Result<Vec<(String, f64)>> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).with_context(|| format!("{cmd:?} printed no JSON"))?;
+    let mut rows = vec![];
+    for r in v.as_array().context("JSON array expected")? {
+        let (p, g, d) = (
+            r["n_prompt"].as_u64().unwrap_or(0),
+            r["n_gen"].as_u64().unwrap_or(0),
+            r["n_depth"].as_u64().unwrap_or(0),
+        );
+        let mut name = match (p, g) {
+            (p, 0) => format!("pp{p}"),
+            (0, g) => format!("tg{g}"),
+            (p, g) => format!("pp{p}+tg{g}"),
+        };
+        if d > 0 {
+            name.push_str(&format!(" @ d{d}"));
+        }
+        rows.push((name, r["avg_ts"].as_f64().context("avg_ts")?));
+    }
+    Ok(rows)
+}
+
+fn mean_sd(x: &[f64]) -> (f64, f64) {
+    let n = x.len() as f64;
+    let m = x.iter().sum::<f64>() / n;
+    let sd = if x.len() > 1 {
+        (x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (m, sd)
+}
+
+/// Runs the comparison and prints the ratio table.
+pub fn run(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let bin = llamacpp_bin()?;
+    sh("cargo build --release -q -p engine-cli")?;
+    let engine = workspace_root().join("target/release/engine");
+    let files = ladder(&bin, &o.quants)?;
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    // (quant, threads, test) -> (llama.cpp samples, engine samples)
+    type Cell = (Vec<f64>, Vec<f64>);
+    let mut cells: BTreeMap<(usize, usize, String), Cell> = BTreeMap::new();
+    let depths = o
+        .depth
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    for round in 0..o.rounds {
+        for (qi, (label, path)) in files.iter().enumerate() {
+            for &t in &o.threads {
+                eprintln!("round {}/{}: {label} at {t} thread(s)", round + 1, o.rounds);
+                let common = |c: &mut Command| {
+                    c.arg("-m")
+                        .arg(path)
+                        .args(["-p", &o.n_prompt.to_string()])
+                        .args(["-n", &o.n_gen.to_string()])
+                        .args(["-d", &depths])
+                        .args(["-t", &t.to_string(), "-r", "1", "-o", "json"]);
+                };
+                let mut a = Command::new(bin.join("llama-bench"));
+                common(&mut a);
+                let mut b = Command::new(&engine);
+                b.arg("bench");
+                common(&mut b);
+                // A then B, then B then A next round, so neither always runs second.
+                let (first, second) = if round % 2 == 0 {
+                    (&mut a, &mut b)
+                } else {
+                    (&mut b, &mut a)
+                };
+                let r1 = bench_json(first)?;
+                let r2 = bench_json(second)?;
+                let (ra, rb) = if round % 2 == 0 { (r1, r2) } else { (r2, r1) };
+                for (name, ts) in ra {
+                    cells.entry((qi, t, name)).or_default().0.push(ts);
+                }
+                for (name, ts) in rb {
+                    cells.entry((qi, t, name)).or_default().1.push(ts);
+                }
+            }
+        }
+    }
+    println!(
+        "Gemma 3 270M on {cpu}, {} round(s) interleaved; t/s mean ± stddev\n",
+        o.rounds
+    );
+    println!("| model | threads | test | llama.cpp t/s | engine t/s | ratio |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    let mut json = vec![];
+    for ((qi, t, name), (a, b)) in &cells {
+        if a.is_empty() || b.is_empty() {
+            continue;
+        }
+        let (ma, sa) = mean_sd(a);
+        let (mb, sb) = mean_sd(b);
+        println!(
+            "| {} | {t} | {name} | {ma:.2} ± {sa:.2} | {mb:.2} ± {sb:.2} | {:.2}× |",
+            files[*qi].0,
+            mb / ma
+        );
+        json.push(serde_json::json!({
+            "quant": files[*qi].0, "threads": t, "test": name,
+            "llamacpp_ts": a, "engine_ts": b, "ratio": mb / ma,
+        }));
+    }
+    if let Some(p) = &o.json_out {
+        std::fs::write(p, serde_json::to_string_pretty(&json)?)?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
