@@ -214,6 +214,15 @@ impl<T> SendPtr<T> {
     pub unsafe fn slice(self, start: usize, len: usize) -> &'static mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
+
+    /// The pointer to element `start`.
+    ///
+    /// # Safety
+    /// `start` must be in bounds of the pointee array.
+    #[inline(always)]
+    pub unsafe fn at(self, start: usize) -> *mut T {
+        self.0.add(start)
+    }
 }
 
 #[cfg(test)]

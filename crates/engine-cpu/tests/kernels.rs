@@ -75,8 +75,8 @@ fn simd_dot_products_match_scalar() {
                 .collect();
             let mut a = vec![0u8; at.row_bytes(n).unwrap()];
             act::quantize_row(at, &x, &mut a);
-            let got = (simd.dot)(n, &w, &a);
-            let want = (reference.dot)(n, &w, &a);
+            let got = (simd.dot())(n, &w, &a);
+            let want = (reference.dot())(n, &w, &a);
             let wd = dequantize_to_vec(t, &w, n).unwrap();
             let ad = dequantize_to_vec(at, &a, n).unwrap();
             let mag: f64 = wd
@@ -124,5 +124,89 @@ fn q8_activation_encoding_matches_reference_within_rounding() {
     );
     for (p, q) in a.iter().zip(&b) {
         assert!((*p as i8 as i32 - *q as i8 as i32).abs() <= 1);
+    }
+}
+
+/// Every routine of every kernel (the default and llama.cpp's variants).
+fn routines(k: &kernels::Kernel) -> Vec<(&'static str, kernels::Routine)> {
+    let v = &k.variants;
+    let mut out = vec![("vec_dot", k.base)];
+    for (name, r) in [
+        ("repack_gemv", v.repack_gemv),
+        ("repack_gemm", v.repack_gemm),
+        ("tiled", v.tiled),
+    ] {
+        if let Some(r) = r {
+            out.push((name, r));
+        }
+    }
+    out
+}
+
+#[test]
+fn many_row_routines_are_bit_identical_to_their_pair_routine() {
+    // The tiled routines share unpacked weights and loaded activations between pairs but run
+    // each pair through the same block steps as the pair routine, so results must be equal
+    // bit for bit, for every tile shape, edge and panel size.
+    let isa = Isa::detect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut checked = 0;
+    for &t in kernels::SUPPORTED {
+        let kern = kernels::kernel(t, isa).unwrap();
+        let k = if t.block_size() >= 256 { 512 } else { 96 };
+        let w_row = t.row_bytes(k).unwrap();
+        let a_row = kern.act.row_bytes(k).unwrap();
+        for (name, r) in routines(&kern) {
+            let Some(gemm) = r.gemm else { continue };
+            for (nr, nc) in [
+                (1, 1),
+                (4, 1),
+                (7, 1),
+                (9, 2),
+                (5, 3),
+                (13, 6),
+                (8, 9),
+                (17, 11),
+            ] {
+                let w = random_weights(&mut rng, t, k, nr);
+                let x: Vec<f32> = (0..nc * k).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+                let mut a = vec![0u8; nc * a_row];
+                for c in 0..nc {
+                    act::quantize_row(
+                        kern.act,
+                        &x[c * k..(c + 1) * k],
+                        &mut a[c * a_row..(c + 1) * a_row],
+                    );
+                }
+                // a padded output to catch writes out of place
+                let ldo = nr + 3;
+                let mut out = vec![f32::NAN; nc * ldo];
+                // SAFETY: out holds nc columns of ldo >= nr values; the kernel is for this CPU.
+                unsafe { gemm(k, &w, nr, &a, a_row, nc, out.as_mut_ptr(), ldo) };
+                for c in 0..nc {
+                    for rr in 0..ldo {
+                        let got = out[c * ldo + rr];
+                        if rr >= nr {
+                            assert!(got.is_nan(), "{t} {name}: wrote outside the tile");
+                            continue;
+                        }
+                        let want = (r.dot)(
+                            k,
+                            &w[rr * w_row..(rr + 1) * w_row],
+                            &a[c * a_row..(c + 1) * a_row],
+                        );
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{t} {name} {nr}x{nc}: row {rr} col {c}: {got} vs {want}"
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    if checked == 0 {
+        eprintln!("SKIPPED: no many-row routines for {isa:?} on this CPU");
     }
 }

@@ -10,6 +10,7 @@
 //! * `avx2` (x86-64, runtime-detected AVX2+FMA+F16C) and `neon` (aarch64).
 
 pub mod act;
+pub mod half_table;
 pub mod scalar;
 
 #[cfg(target_arch = "x86_64")]
@@ -23,6 +24,47 @@ use engine_core::DType;
 /// both holding `n` elements in their block formats.
 pub type DotFn = fn(n: usize, w: &[u8], a: &[u8]) -> f32;
 
+/// `gemm(k, w, nr, a, a_row, nc, out, ldo)`: for `nr` weight rows of `k` elements stored back
+/// to back in `w` and `nc` activation rows starting `a_row` bytes apart in `a`, writes
+/// `out[c * ldo + r]` = the dot product of weight row `r` and activation row `c`, each
+/// bit-identical to the routine's [`DotFn`].
+///
+/// # Safety
+/// `out` must be valid for those writes, `w` and `a` must hold the rows, and the CPU must
+/// have the instruction set the routine was built for.
+pub type GemmFn = unsafe fn(
+    k: usize,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    a_row: usize,
+    nc: usize,
+    out: *mut f32,
+    ldo: usize,
+);
+
+/// One way of computing a weight type's dot products: the pair routine and, where the
+/// instruction set has one, a many-rows × many-columns routine with the same arithmetic.
+#[derive(Clone, Copy)]
+pub struct Routine {
+    /// One weight row against one activation row.
+    pub dot: DotFn,
+    /// Many against many, sharing unpacked weights and loaded activations.
+    pub gemm: Option<GemmFn>,
+}
+
+impl Routine {
+    /// A routine with only the pair product.
+    pub fn pair(dot: DotFn) -> Routine {
+        Routine { dot, gemm: None }
+    }
+
+    /// Whether two routines compute the same arithmetic (the same pair routine).
+    pub fn same(&self, other: &Routine) -> bool {
+        std::ptr::fn_addr_eq(self.dot, other.dot)
+    }
+}
+
 /// One row of the table.
 #[derive(Clone, Copy)]
 pub struct Kernel {
@@ -30,8 +72,8 @@ pub struct Kernel {
     pub weight: DType,
     /// Type the activations are converted to before the dot product.
     pub act: DType,
-    /// The dot product for this CPU (ggml's `vec_dot` summation order).
-    pub dot: DotFn,
+    /// The default routine for this CPU (ggml's `vec_dot` summation order).
+    pub base: Routine,
     /// Variants with the f32 epilogues of llama.cpp's other x86 kernels.
     pub variants: Variants,
     /// Name of the implementation (`avx2`, `neon`, `scalar`).
@@ -46,11 +88,11 @@ pub struct Kernel {
 #[derive(Clone, Copy, Default)]
 pub struct Variants {
     /// Repacked-weight GEMV (one f32 FMA per super-block).
-    pub repack_gemv: Option<DotFn>,
+    pub repack_gemv: Option<Routine>,
     /// Repacked-weight GEMM, for rows in complete groups of four.
-    pub repack_gemm: Option<DotFn>,
+    pub repack_gemm: Option<Routine>,
     /// The tiled K-quant kernel, for batches of eight rows or more.
-    pub tiled: Option<DotFn>,
+    pub tiled: Option<Routine>,
 }
 
 impl Kernel {
@@ -58,7 +100,7 @@ impl Kernel {
     /// rows, following llama.cpp's x86 dispatch: repacked kernels when the weight can be
     /// repacked (`m % 8 == 0`), else the tiled kernel for `n >= 8`, else `vec_dot`.
     #[inline]
-    pub fn select(&self, m: usize, n: usize, row: usize) -> DotFn {
+    pub fn select(&self, m: usize, n: usize, row: usize) -> Routine {
         let v = &self.variants;
         if let (Some(gemv), Some(gemm)) = (v.repack_gemv, v.repack_gemm) {
             if m.is_multiple_of(8) {
@@ -67,8 +109,13 @@ impl Kernel {
         }
         match v.tiled {
             Some(t) if n >= 8 => t,
-            _ => self.dot,
+            _ => self.base,
         }
+    }
+
+    /// The default pair routine.
+    pub fn dot(&self) -> DotFn {
+        self.base.dot
     }
 }
 
@@ -132,28 +179,25 @@ pub fn act_type(weight: DType) -> Option<DType> {
 /// The kernel for `weight` on instruction set `isa` (falling back to scalar per type).
 pub fn kernel(weight: DType, isa: Isa) -> Option<Kernel> {
     let act = act_type(weight)?;
-    let simd: Option<DotFn> = match isa {
+    let simd: Option<(Routine, Variants)> = match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::dot_fn(weight),
+        Isa::Avx2 => avx2::routine(weight).map(|r| (r, avx2::variants(weight))),
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => neon::dot_fn(weight),
+        Isa::Neon => neon::dot_fn(weight).map(|d| (Routine::pair(d), Variants::default())),
         _ => None,
     };
-    let (dot, variants, isa_name) = match simd {
-        Some(f) => {
-            let v = match isa {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => avx2::variants(weight),
-                _ => Variants::default(),
-            };
-            (f, v, isa.name())
-        }
-        None => (scalar::dot_fn(weight)?, Variants::default(), "scalar"),
+    let (base, variants, isa_name) = match simd {
+        Some((r, v)) => (r, v, isa.name()),
+        None => (
+            Routine::pair(scalar::dot_fn(weight)?),
+            Variants::default(),
+            "scalar",
+        ),
     };
     Some(Kernel {
         weight,
         act,
-        dot,
+        base,
         variants,
         isa: isa_name,
     })
