@@ -31,20 +31,30 @@ enum Command {
     List(cmd::store::ListArgs),
     /// Remove an installed model.
     Rm(cmd::store::RmArgs),
+    /// Serve the model over HTTP (OpenAI- and Ollama-compatible APIs).
+    Serve(cmd::serve::ServeArgs),
+}
+
+/// Logs to stderr, filtered by `ENGINE_LOG` (default `default_level`), as text or JSON.
+fn init_logging(default_level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ENGINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ENGINE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error (this is a bug, please report it): {info}");
     }));
-    let cli = match Cli::try_parse() {
+    let args = cmd::serve::normalize_args(std::env::args().collect());
+    let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -66,6 +76,10 @@ fn main() {
             std::process::exit(2);
         }
     };
+    match &cli.command {
+        Command::Serve(a) => init_logging("info", cmd::serve::log_format(a) == "json"),
+        _ => init_logging("warn", false),
+    }
     let result = std::panic::catch_unwind(|| match cli.command {
         Command::Run(a) => cmd::run::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
@@ -74,6 +88,7 @@ fn main() {
         Command::Pull(a) => cmd::store::pull(a),
         Command::List(a) => cmd::store::list(a),
         Command::Rm(a) => cmd::store::rm(a),
+        Command::Serve(a) => cmd::serve::run(a),
     });
     match result {
         Ok(Ok(())) => {}

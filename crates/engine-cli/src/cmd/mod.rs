@@ -3,6 +3,7 @@
 pub mod inspect;
 pub mod logits;
 pub mod run;
+pub mod serve;
 pub mod store;
 pub mod tokenize;
 
@@ -69,7 +70,7 @@ impl ModelArgs {
     }
 }
 
-fn parse_kv_type(s: &str) -> Result<DType> {
+pub fn parse_kv_type(s: &str) -> Result<DType> {
     match s.to_ascii_lowercase().as_str() {
         "f16" => Ok(DType::F16),
         "f32" => Ok(DType::F32),
