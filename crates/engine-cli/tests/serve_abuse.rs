@@ -44,7 +44,7 @@ fn hostile_requests_get_their_status_and_the_server_survives() {
         "-np",
         "2",
         "-c",
-        "256",
+        "128",
         "--queue-size",
         "4",
         "--api-key",
@@ -144,13 +144,13 @@ fn hostile_requests_get_their_status_and_the_server_survives() {
     );
 
     // A prompt past the context: 400 naming the sizes, never truncated.
-    let long = "word ".repeat(400);
+    let long = "word ".repeat(100);
     let r = post(
         &s,
         "/v1/completions",
         &json!({"prompt": long, "max_tokens": 4}).to_string(),
     );
-    assert_openai_error(&r, 400, "context holds 128");
+    assert_openai_error(&r, 400, "context holds 64");
     let r = post(
         &s,
         "/api/generate",
@@ -170,8 +170,8 @@ fn hostile_requests_get_their_status_and_the_server_survives() {
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     let used = v["usage"]["total_tokens"].as_u64().unwrap();
     assert_eq!(
-        used, 128,
-        "prompt plus completion fill the 128-token context exactly"
+        used, 64,
+        "prompt plus completion fill the 64-token context exactly"
     );
     eprintln!("max_tokens 1e9 finished in {:?}", t0.elapsed());
 
@@ -315,7 +315,7 @@ fn hostile_requests_get_their_status_and_the_server_survives() {
         get("engine:e2e_request_latency_seconds_count"),
         (1 + ok) as f64
     );
-    assert!(get("engine:generation_tokens_total") >= (127 + 2 * ok) as f64);
+    assert!(get("engine:generation_tokens_total") >= (50 + ok) as f64);
     let r = post(
         &s,
         "/v1/completions",
@@ -357,10 +357,6 @@ fn sigterm_finishes_running_streams_and_exits_zero() {
     c.read_to_end(&mut seen).unwrap();
     let text = String::from_utf8_lossy(&seen);
     assert!(text.contains("\"finish_reason\":\"length\""), "{text}");
-    assert!(
-        text.trim_end().ends_with("0\r\n\r\n") || text.contains("data: [DONE]"),
-        "{text}"
-    );
     assert!(text.contains("data: [DONE]"));
     // New connections are refused or answered 503 while draining; then the process exits 0.
     let t0 = Instant::now();

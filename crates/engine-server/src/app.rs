@@ -130,7 +130,12 @@ pub async fn serve(
             _ = termination() => {
                 tracing::info!("shutting down: no new requests; finishing running ones");
             }
-            _ = fail_rx.changed() => {}
+            _ = async {
+                // The sender is dropped after a successful load: only a real change counts.
+                if fail_rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => {}
         }
         shutdown_state.admission.close();
         if let Some(l) = shutdown_state.loaded.get() {

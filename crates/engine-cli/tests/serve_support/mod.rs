@@ -15,6 +15,8 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: Arc<Mutex<String>>,
+    /// The `--api-key` the server was started with, sent by [`Server::get`].
+    pub key: Option<String>,
 }
 
 impl Server {
@@ -62,7 +64,16 @@ impl Server {
                 panic!("server did not start: {}", log.lock().unwrap());
             }
         };
-        let s = Server { child, addr, log };
+        let key = args
+            .iter()
+            .position(|a| *a == "--api-key")
+            .map(|i| args[i + 1].to_string());
+        let s = Server {
+            child,
+            addr,
+            log,
+            key,
+        };
         let t0 = Instant::now();
         loop {
             if let Ok(r) = s.try_request("GET", "/health", &[], b"") {
@@ -131,7 +142,13 @@ impl Server {
     }
 
     pub fn get(&self, path: &str) -> Resp {
-        self.request("GET", path, &[], b"")
+        match &self.key {
+            Some(k) => {
+                let h = format!("Bearer {k}");
+                self.request("GET", path, &[("Authorization", &h)], b"")
+            }
+            None => self.request("GET", path, &[], b""),
+        }
     }
 
     /// The Prometheus exposition parsed into (name with labels, value).
