@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::admission::Admission;
 use crate::api::common::{error_body, ApiError, Flavor};
-use crate::api::{ollama, openai};
+use crate::api::{llama, ollama, openai};
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::scheduler::{self, SchedConfig, SchedulerHandle};
@@ -280,6 +280,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/version", get(ollama::version))
         .route("/api/embed", post(ollama::embed))
         .route("/api/embeddings", post(ollama::embeddings))
+        .route("/completion", post(llama::completion))
+        .route("/tokenize", post(llama::tokenize))
+        .route("/detokenize", post(llama::detokenize))
+        .route("/apply-template", post(llama::apply_template))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let mut app = Router::new()

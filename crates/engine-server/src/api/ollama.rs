@@ -624,12 +624,8 @@ pub async fn show(
             continue;
         }
         let value = match v.as_array() {
-            Some(a) if !req.verbose => {
-                if a.len() > 0 {
-                    continue;
-                }
-                Value::Array(vec![])
-            }
+            // Ollama leaves large arrays (the vocabulary) out unless asked to be verbose.
+            Some(_) if !req.verbose => Value::Null,
             Some(_) => json!(v.to_string()),
             None => match (v.as_str(), v.as_bool(), v.as_int(), v.as_float()) {
                 (Some(s), ..) => json!(s),

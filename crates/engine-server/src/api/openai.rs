@@ -214,8 +214,9 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Result<Response, ApiE
     .into_response())
 }
 
-/// Normalises chat messages for templates: `content` as a string (text parts joined).
-fn normalize_messages(messages: Vec<Value>) -> Result<Vec<Value>, ApiError> {
+/// Normalises chat messages for templates: `content` as a string (text parts joined); 400
+/// for anything else.
+pub fn normalize_messages(messages: Vec<Value>) -> Result<Vec<Value>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::bad_request(F, "messages must not be empty"));
     }

@@ -389,9 +389,9 @@ impl Scheduler {
             if n > budget && any_chunk {
                 break;
             }
-            for p in start..end {
+            for (p, &t) in prompt.iter().enumerate().take(end).skip(start) {
                 self.batch
-                    .push(prompt[p], p as u32, i as u32, p + 1 == prompt.len());
+                    .push(t, p as u32, i as u32, p + 1 == prompt.len());
             }
             slot.cached.extend_from_slice(&prompt[start..end]);
             g.next_prompt = end;
@@ -505,8 +505,8 @@ impl Scheduler {
         let input = &e.job.inputs[e.input];
         let end = (e.pos + ubatch).min(input.len());
         self.batch.clear();
-        for p in e.pos..end {
-            self.batch.push(input[p], p as u32, i as u32, true);
+        for (p, &t) in input.iter().enumerate().take(end).skip(e.pos) {
+            self.batch.push(t, p as u32, i as u32, true);
         }
         if let Err(err) =
             self.model
