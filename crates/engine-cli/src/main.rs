@@ -33,6 +33,8 @@ enum Command {
     Rm(cmd::store::RmArgs),
     /// Measure prompt-processing and generation speed (llama-bench's flags and tables).
     Bench(cmd::bench::BenchArgs),
+    /// Serve the model over HTTP (OpenAI- and Ollama-compatible APIs).
+    Serve(cmd::serve::ServeArgs),
 }
 
 /// llama.cpp's tools spell some long options with one dash (`-pg`, `-ub`, `-ctk`); accept
@@ -46,18 +48,28 @@ fn llama_style_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::
     .collect()
 }
 
-fn main() {
-    tracing_subscriber::fmt()
+/// Logs to stderr, filtered by `ENGINE_LOG` (default `default_level`), as text or JSON.
+fn init_logging(default_level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ENGINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ENGINE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error (this is a bug, please report it): {info}");
     }));
-    let cli = match Cli::try_parse_from(llama_style_args(std::env::args_os())) {
+    let args = std::env::args_os().map(|a| a.to_string_lossy().into_owned());
+    let args = cmd::serve::normalize_args(args.collect());
+    let cli = match Cli::try_parse_from(llama_style_args(args.into_iter().map(Into::into))) {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -79,6 +91,10 @@ fn main() {
             std::process::exit(2);
         }
     };
+    match &cli.command {
+        Command::Serve(a) => init_logging("info", cmd::serve::log_format(a) == "json"),
+        _ => init_logging("warn", false),
+    }
     let result = std::panic::catch_unwind(|| match cli.command {
         Command::Run(a) => cmd::run::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
@@ -88,6 +104,7 @@ fn main() {
         Command::List(a) => cmd::store::list(a),
         Command::Rm(a) => cmd::store::rm(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
     });
     match result {
         Ok(Ok(())) => {}

@@ -103,6 +103,58 @@ pub fn python_with_gguf() -> Result<Command, String> {
     Ok(c)
 }
 
+/// A Python command whose `PYTHONPATH` holds `packages` (pip requirement strings such as
+/// `"openai==3.51.0"`), installed once with pip into `<cache>/pylib-<name>` where `name`
+/// is derived from the requirements. `imports` are the module names probed to decide
+/// whether the install is complete.
+pub fn python_with(packages: &[&str], imports: &[&str]) -> Result<Command, String> {
+    let _g = FETCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let name: String = packages
+        .join("_")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let lib = cache_dir().join(format!("pylib-{name}"));
+    let probe = format!("import {}", imports.join(", "));
+    let ok = |dir: &Path| {
+        Command::new(python())
+            .env("PYTHONPATH", dir)
+            .args(["-c", &probe])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if !ok(&lib) {
+        let tmp = cache_dir().join(format!("pylib-{name}.tmp.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        run(Command::new(python())
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&tmp)
+            .args(packages))?;
+        let _ = std::fs::remove_dir_all(&lib);
+        std::fs::rename(&tmp, &lib).map_err(|e| e.to_string())?;
+        if !ok(&lib) {
+            return Err(format!("installed {packages:?} but `{probe}` still fails"));
+        }
+    }
+    let mut c = Command::new(python());
+    c.env("PYTHONPATH", &lib);
+    Ok(c)
+}
+
 /// Downloads the llama-cpp-python sdist once and returns its path.
 pub fn llama_cpp_sdist() -> Result<PathBuf, String> {
     let _g = FETCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod inspect;
 pub mod logits;
 pub mod run;
+pub mod serve;
 pub mod store;
 pub mod tokenize;
 
@@ -70,7 +71,7 @@ impl ModelArgs {
     }
 }
 
-fn parse_kv_type(s: &str) -> Result<DType> {
+pub fn parse_kv_type(s: &str) -> Result<DType> {
     match s.to_ascii_lowercase().as_str() {
         "f16" => Ok(DType::F16),
         "f32" => Ok(DType::F32),

@@ -1,0 +1,306 @@
+//! `engine serve`: the OpenAI- and Ollama-compatible server (crate `engine-server`), with
+//! llama-server's flag names. Flags win over a `--config` file, which wins over defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use engine::LoadOptions;
+use engine_server::config::FileConfig;
+use engine_server::{ReasoningFormat, ServerConfig, TemplateChoice};
+
+/// Arguments of `engine serve`.
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// Model: a GGUF path, or a name from the local store (known names are pulled on first use).
+    #[arg(short = 'm', long = "model")]
+    pub model: Option<String>,
+    /// TOML file with any of these settings (keys like the long flags, e.g. ctx-size = 8192).
+    #[arg(long = "config")]
+    pub config: Option<PathBuf>,
+    /// Compute threads (default: all cores).
+    #[arg(short = 't', long = "threads", value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
+    /// Total context in tokens, shared equally by the parallel slots as in llama-server
+    /// (default: the smaller of 4096 and the training context, per slot).
+    #[arg(short = 'c', long = "ctx-size")]
+    pub ctx_size: Option<usize>,
+    /// Sequences decoded together (slots); also `-np` [default: 4].
+    #[arg(long = "parallel")]
+    pub parallel: Option<usize>,
+    /// Most prompt tokens evaluated in one step across sequences [default: 512].
+    #[arg(short = 'b', long = "batch-size")]
+    pub batch_size: Option<usize>,
+    /// Prompt chunk per sequence per step; also `-ub`. Equal to `engine run -b` (512) for
+    /// bit-identical prompts; smaller values interleave long prompts more finely
+    /// [default: 512].
+    #[arg(long = "ubatch-size")]
+    pub ubatch_size: Option<usize>,
+    /// KV cache type for keys: f16 or f32 [default: f16]; also `-ctk`.
+    #[arg(long = "cache-type-k")]
+    pub cache_type_k: Option<String>,
+    /// KV cache type for values (must equal the key type); also `-ctv`.
+    #[arg(long = "cache-type-v")]
+    pub cache_type_v: Option<String>,
+    /// Read the file into memory instead of memory-mapping it.
+    #[arg(long = "no-mmap")]
+    pub no_mmap: bool,
+    /// Device: cpu.
+    #[arg(long = "device")]
+    pub device: Option<String>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long = "host")]
+    pub host: Option<String>,
+    /// Port to listen on (0 = any free port) [default: 8080].
+    #[arg(long = "port")]
+    pub port: Option<u16>,
+    /// Require `Authorization: Bearer KEY` (repeatable; ENGINE_API_KEY also works).
+    #[arg(long = "api-key")]
+    pub api_key: Vec<String>,
+    /// Names the model answers to in requests and reports (comma-separated or repeated).
+    #[arg(short = 'a', long = "alias")]
+    pub alias: Vec<String>,
+    /// Serve Prometheus metrics at /metrics.
+    #[arg(long = "metrics")]
+    pub metrics: bool,
+    /// A built-in chat template by name (gemma, llama3, chatml, harmony, deepseek, phi3,
+    /// mistral, llama2) instead of the model's.
+    #[arg(long = "chat-template", conflicts_with = "chat_template_file")]
+    pub chat_template: Option<String>,
+    /// A Jinja chat template file instead of the model's.
+    #[arg(long = "chat-template-file")]
+    pub chat_template_file: Option<PathBuf>,
+    /// Reasoning extraction: none, deepseek or auto (= deepseek) [default: auto].
+    #[arg(long = "reasoning-format")]
+    pub reasoning_format: Option<String>,
+    /// Requests that may wait for a slot; more get 503 with Retry-After [default: 64].
+    #[arg(long = "queue-size")]
+    pub queue_size: Option<usize>,
+    /// Largest request body in bytes; larger gets 413 [default: 8388608].
+    #[arg(long = "max-body-size")]
+    pub max_body_size: Option<usize>,
+    /// Never reuse a cached prompt prefix (every prompt evaluated from scratch).
+    #[arg(long = "no-cache-prompt")]
+    pub no_cache_prompt: bool,
+    /// Allow browser requests from this origin (repeatable; `*` = any). Off by default.
+    #[arg(long = "cors")]
+    pub cors: Vec<String>,
+    /// Seconds SIGTERM waits for running requests before cutting them [default: 30].
+    #[arg(long = "shutdown-timeout")]
+    pub shutdown_timeout: Option<u64>,
+    /// Log format on stderr: text or json [default: text].
+    #[arg(long = "log-format")]
+    pub log_format: Option<String>,
+}
+
+/// Rewrites llama-server's two-letter short flags into their long forms (clap's short
+/// flags are one letter).
+pub fn normalize_args(args: Vec<String>) -> Vec<String> {
+    let is_serve = args.get(1).is_some_and(|a| a == "serve");
+    if !is_serve {
+        return args;
+    }
+    args.into_iter()
+        .map(|a| {
+            let (flag, rest) = match a.split_once('=') {
+                Some((f, r)) => (f.to_string(), Some(r.to_string())),
+                None => (a.clone(), None),
+            };
+            let long = match flag.as_str() {
+                "-np" => "--parallel",
+                "-ub" => "--ubatch-size",
+                "-ctk" => "--cache-type-k",
+                "-ctv" => "--cache-type-v",
+                _ => return a,
+            };
+            match rest {
+                Some(r) => format!("{long}={r}"),
+                None => long.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// The log format asked for (flag or config file), for setting up logging before running.
+pub fn log_format(a: &ServeArgs) -> String {
+    if let Some(f) = &a.log_format {
+        return f.clone();
+    }
+    a.config
+        .as_ref()
+        .and_then(|p| FileConfig::load(p).ok())
+        .and_then(|c| c.log_format)
+        .unwrap_or_else(|| "text".into())
+}
+
+/// Builds the server settings from flags, the config file and defaults.
+pub fn config(a: ServeArgs) -> Result<ServerConfig> {
+    let f = match &a.config {
+        Some(p) => FileConfig::load(p).map_err(anyhow::Error::msg)?,
+        None => FileConfig::default(),
+    };
+    if let Some(fmt) = a.log_format.as_ref().or(f.log_format.as_ref()) {
+        if fmt != "text" && fmt != "json" {
+            bail!("--log-format must be text or json, got '{fmt}'");
+        }
+    }
+    let Some(spec) = a.model.clone().or(f.model.clone()) else {
+        bail!("no model: pass -m MODEL (a GGUF path or a model name) or set model in --config");
+    };
+    let path = super::resolve_model(&spec)?;
+    let parallel = a.parallel.or(f.parallel).unwrap_or(4);
+    if parallel == 0 || parallel > 256 {
+        bail!("--parallel must be between 1 and 256, got {parallel}");
+    }
+    let ctx_total = a.ctx_size.or(f.ctx_size).unwrap_or(0);
+    let n_ctx = if ctx_total == 0 {
+        0
+    } else {
+        ctx_total / parallel
+    };
+    if ctx_total > 0 && n_ctx < 16 {
+        bail!(
+            "--ctx-size {ctx_total} shared by {parallel} slots leaves {n_ctx} tokens per slot; use at least {}",
+            16 * parallel
+        );
+    }
+    let kv_k = a.cache_type_k.clone().or(f.cache_type_k.clone());
+    let kv = super::parse_kv_type(kv_k.as_deref().unwrap_or("f16"))?;
+    if let Some(v) = a.cache_type_v.as_ref().or(f.cache_type_v.as_ref()) {
+        if super::parse_kv_type(v)? != kv {
+            bail!("--cache-type-v must equal --cache-type-k (one cache type is supported per context)");
+        }
+    }
+    let batch = a.batch_size.or(f.batch_size).unwrap_or(512);
+    let ubatch = a.ubatch_size.or(f.ubatch_size).unwrap_or(512);
+    if batch == 0 || ubatch == 0 {
+        bail!("--batch-size and --ubatch-size must be at least 1");
+    }
+    let threads = a.threads.or(f.threads).map(|t| t as usize).unwrap_or(0);
+    let device = a
+        .device
+        .clone()
+        .or(f.device.clone())
+        .unwrap_or_else(|| "cpu".into());
+    let mut cfg = ServerConfig::new(path);
+    cfg.load = LoadOptions {
+        threads,
+        n_ctx,
+        n_seq: parallel,
+        n_batch: ubatch,
+        kv_type: kv,
+        mmap: !(a.no_mmap || f.no_mmap.unwrap_or(false)),
+        device: device.parse()?,
+        ..Default::default()
+    };
+    let host = a
+        .host
+        .clone()
+        .or(f.host.clone())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port = a.port.or(f.port).unwrap_or(8080);
+    let ip: std::net::IpAddr = match host.as_str() {
+        "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
+        h => h
+            .parse()
+            .with_context(|| format!("--host must be an IP address, got '{h}'"))?,
+    };
+    cfg.addr = std::net::SocketAddr::new(ip, port);
+    let mut names: Vec<String> = if a.alias.is_empty() {
+        f.alias.map(|x| x.into_vec()).unwrap_or_default()
+    } else {
+        a.alias.clone()
+    };
+    names = names
+        .iter()
+        .flat_map(|n| n.split(','))
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if !std::path::Path::new(&spec).is_file() {
+        names.push(spec.clone());
+    }
+    cfg.names = names;
+    cfg.api_keys = if a.api_key.is_empty() {
+        f.api_key.map(|x| x.into_vec()).unwrap_or_default()
+    } else {
+        a.api_key.clone()
+    };
+    if cfg.api_keys.is_empty() {
+        if let Ok(k) = std::env::var("ENGINE_API_KEY") {
+            cfg.api_keys.push(k);
+        }
+    }
+    cfg.api_keys.retain(|k| !k.is_empty());
+    cfg.metrics = a.metrics || f.metrics.unwrap_or(false);
+    let tmpl_name = a.chat_template.clone().or(f.chat_template.clone());
+    let tmpl_file = a
+        .chat_template_file
+        .clone()
+        .or(f.chat_template_file.clone());
+    cfg.chat_template = match (tmpl_name, tmpl_file) {
+        (Some(_), Some(_)) => bail!("use either --chat-template or --chat-template-file"),
+        (Some(n), None) => Some(TemplateChoice::Builtin(n)),
+        (None, Some(p)) => Some(TemplateChoice::Source(
+            std::fs::read_to_string(&p)
+                .with_context(|| format!("cannot read chat template file {}", p.display()))?,
+        )),
+        (None, None) => None,
+    };
+    cfg.reasoning_format = match a.reasoning_format.as_ref().or(f.reasoning_format.as_ref()) {
+        Some(s) => s.parse::<ReasoningFormat>().map_err(anyhow::Error::msg)?,
+        None => ReasoningFormat::Deepseek,
+    };
+    cfg.queue_size = a.queue_size.or(f.queue_size).unwrap_or(64);
+    cfg.max_body_bytes = a.max_body_size.or(f.max_body_size).unwrap_or(8 << 20);
+    if cfg.max_body_bytes < 1024 {
+        bail!("--max-body-size must be at least 1024 bytes");
+    }
+    cfg.ubatch = ubatch;
+    cfg.step_tokens = batch.max(ubatch);
+    cfg.cache_prompt = !a.no_cache_prompt && f.cache_prompt.unwrap_or(true);
+    cfg.cors_origins = if a.cors.is_empty() {
+        f.cors.map(|x| x.into_vec()).unwrap_or_default()
+    } else {
+        a.cors.clone()
+    };
+    cfg.shutdown_timeout =
+        Duration::from_secs(a.shutdown_timeout.or(f.shutdown_timeout).unwrap_or(30));
+    Ok(cfg)
+}
+
+/// Runs `engine serve`.
+pub fn run(a: ServeArgs) -> Result<()> {
+    let cfg = config(a)?;
+    engine_server::run(cfg, |addr| {
+        eprintln!("engine serve: listening on http://{addr}");
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_letter_flags_become_long_ones() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            normalize_args(args(&["engine", "serve", "-np", "4", "-ub=64", "-m", "x"])),
+            args(&[
+                "engine",
+                "serve",
+                "--parallel",
+                "4",
+                "--ubatch-size=64",
+                "-m",
+                "x"
+            ])
+        );
+        assert_eq!(
+            normalize_args(args(&["engine", "run", "-np", "4"])),
+            args(&["engine", "run", "-np", "4"])
+        );
+    }
+}

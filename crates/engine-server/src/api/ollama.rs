@@ -1,0 +1,717 @@
+//! The Ollama-compatible API on the same port: `/api/generate` and `/api/chat` (NDJSON
+//! streaming by default), `/api/tags`, `/api/show`, `/api/ps`, `/api/version`,
+//! `/api/embed` and the older `/api/embeddings`, with Ollama's nanosecond timing fields.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::common::{self, ApiError, Flavor, Framer};
+use super::openai::{self, Stop};
+use crate::app::{AppState, Loaded};
+use crate::reasoning::ReasoningParser;
+use crate::scheduler::{Done, Event, GenParams};
+use crate::template::{ReasoningSyntax, RenderOptions};
+
+const F: Flavor = Flavor::Ollama;
+
+/// Ollama's `options` (unknown ones are ignored, as Ollama does).
+#[derive(Deserialize, Debug, Default)]
+struct Options {
+    num_ctx: Option<i64>,
+    num_predict: Option<i64>,
+    temperature: Option<f32>,
+    top_k: Option<i64>,
+    top_p: Option<f32>,
+    min_p: Option<f32>,
+    seed: Option<i64>,
+    stop: Option<Stop>,
+    repeat_penalty: Option<f32>,
+    repeat_last_n: Option<i32>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+}
+
+#[derive(Deserialize, Debug)]
+struct GenerateRequest {
+    model: String,
+    #[serde(default)]
+    prompt: String,
+    system: Option<String>,
+    template: Option<String>,
+    suffix: Option<String>,
+    context: Option<Vec<u32>>,
+    stream: Option<bool>,
+    #[serde(default)]
+    raw: bool,
+    format: Option<Value>,
+    options: Option<Options>,
+    images: Option<Vec<Value>>,
+    think: Option<Value>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<usize>,
+}
+
+#[derive(Deserialize, Debug)]
+struct ChatRequest {
+    model: String,
+    #[serde(default)]
+    messages: Vec<Value>,
+    stream: Option<bool>,
+    format: Option<Value>,
+    options: Option<Options>,
+    tools: Option<Value>,
+    think: Option<Value>,
+}
+
+fn params(
+    l: &Loaded,
+    options: Option<Options>,
+    format: Option<&Value>,
+    logprobs: Option<usize>,
+) -> Result<GenParams, ApiError> {
+    let o = options.unwrap_or_default();
+    if let Some(n) = o.num_ctx {
+        if n > l.n_ctx as i64 {
+            tracing::debug!(
+                requested = n,
+                served = l.n_ctx,
+                "num_ctx above the server's context; prompts beyond it are refused"
+            );
+        }
+    }
+    let max_tokens = match o.num_predict {
+        None | Some(-1) | Some(-2) => None,
+        Some(n) if n < 0 => {
+            return Err(ApiError::bad_request(
+                F,
+                format!("num_predict must be -1, -2 or at least 0, got {n}"),
+            ))
+        }
+        Some(n) => Some(n as usize),
+    };
+    let d = engine::SamplingParams::default();
+    let sampling = engine::SamplingParams {
+        temperature: o.temperature.unwrap_or(d.temperature),
+        top_k: o.top_k.map(|k| k.max(0) as usize).unwrap_or(d.top_k),
+        top_p: o.top_p.unwrap_or(d.top_p),
+        min_p: o.min_p.unwrap_or(d.min_p),
+        repeat_penalty: o.repeat_penalty.unwrap_or(d.repeat_penalty),
+        repeat_last_n: o.repeat_last_n.unwrap_or(d.repeat_last_n),
+        presence_penalty: o.presence_penalty.unwrap_or(d.presence_penalty),
+        frequency_penalty: o.frequency_penalty.unwrap_or(d.frequency_penalty),
+        seed: common::seed(o.seed),
+    };
+    sampling
+        .validate()
+        .map_err(|e| ApiError::bad_request(F, e))?;
+    let json = match format {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) if s.is_empty() => false,
+        Some(Value::String(s)) if s == "json" => true,
+        Some(Value::Object(_)) => {
+            return Err(ApiError::bad_request(
+                F,
+                "format with a JSON schema is not supported yet; use \"json\"",
+            ))
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                F,
+                format!("format must be \"json\", got {other}"),
+            ))
+        }
+    };
+    Ok(GenParams {
+        max_tokens,
+        sampling,
+        stop: o
+            .stop
+            .map(|s| match s {
+                Stop::One(s) => vec![s],
+                Stop::Many(v) => v,
+            })
+            .unwrap_or_default(),
+        logprobs,
+        ignore_eos: false,
+        json,
+        render_special: l.template.reasoning == ReasoningSyntax::Harmony,
+        cache_prompt: true,
+    })
+}
+
+fn think_flag(v: &Option<Value>) -> Option<bool> {
+    match v {
+        Some(Value::Bool(b)) => Some(*b),
+        // "low"/"medium"/"high" (GPT-OSS) mean thinking on.
+        Some(Value::String(_)) => Some(true),
+        _ => None,
+    }
+}
+
+fn effort(v: &Option<Value>) -> Option<String> {
+    v.as_ref().and_then(Value::as_str).map(str::to_string)
+}
+
+fn now_rfc3339() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{}.{:09}Z",
+        crate::template::strftime_utc("%Y-%m-%dT%H:%M:%S", t.as_secs() as i64),
+        t.subsec_nanos()
+    )
+}
+
+fn rfc3339(unix: u64) -> String {
+    format!(
+        "{}Z",
+        crate::template::strftime_utc("%Y-%m-%dT%H:%M:%S", unix as i64)
+    )
+}
+
+fn durations(d: &Done, arrived: Instant) -> serde_json::Map<String, Value> {
+    let ns = |ms: f64| (ms * 1e6) as u64;
+    let mut m = serde_json::Map::new();
+    m.insert(
+        "total_duration".into(),
+        json!(crate::app::nanos_since(arrived)),
+    );
+    m.insert("load_duration".into(), json!(ns(d.queue_ms)));
+    m.insert("prompt_eval_count".into(), json!(d.prompt_n));
+    m.insert(
+        "prompt_eval_duration".into(),
+        json!(ns(d.timings.prompt_ms)),
+    );
+    m.insert("eval_count".into(), json!(d.timings.predicted_n));
+    m.insert("eval_duration".into(), json!(ns(d.timings.predicted_ms)));
+    m
+}
+
+fn done_reason(d: &Done) -> &'static str {
+    d.reason.finish_reason()
+}
+
+/// `POST /api/generate`.
+pub async fn generate(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let req: GenerateRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
+    let l = common::loaded(&state, F)?;
+    common::check_model(&l, Some(&req.model), F)?;
+    if req.images.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err(ApiError::bad_request(
+            F,
+            "images are not supported by this model",
+        ));
+    }
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::bad_request(
+            F,
+            "suffix (fill-in-the-middle) is not supported",
+        ));
+    }
+    if req.template.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::bad_request(
+            F,
+            "per-request template overrides are not supported; start the server with --chat-template-file",
+        ));
+    }
+    let stream = req.stream.unwrap_or(true);
+    let context = req.context.unwrap_or_default();
+    if req.prompt.is_empty() && context.is_empty() {
+        // Ollama's "load the model" request: it is loaded.
+        let v = json!({
+            "model": l.names[0], "created_at": now_rfc3339(), "response": "",
+            "done": true, "done_reason": "load",
+        });
+        return Ok(Json(v).into_response());
+    }
+    let logprobs = if req.logprobs.unwrap_or(false) {
+        Some(req.top_logprobs.unwrap_or(0).min(20))
+    } else {
+        None
+    };
+    let params = params(&l, req.options, req.format.as_ref(), logprobs)?;
+    let thinking = think_flag(&req.think);
+    let syntax = if req.raw {
+        ReasoningSyntax::None
+    } else {
+        openai::reasoning_syntax(&state, &l, None, F)?
+    };
+    let permit = common::admit(&state, F)?;
+    let (mut prompt, open) = if req.raw {
+        let ids = common::tokenize(&l, req.prompt, context.is_empty(), F).await?;
+        (ids, false)
+    } else {
+        let mut msgs = Vec::new();
+        if let Some(s) = req.system.filter(|s| !s.is_empty()) {
+            msgs.push(json!({"role": "system", "content": s}));
+        }
+        msgs.push(json!({"role": "user", "content": req.prompt}));
+        let opts = RenderOptions {
+            add_generation_prompt: true,
+            enable_thinking: thinking,
+            reasoning_effort: effort(&req.think),
+            ..Default::default()
+        };
+        openai::chat_prompt(&l, &msgs, &opts, F).await?
+    };
+    if !context.is_empty() {
+        common::check_ids(&l, &context, F)?;
+        let tok = l.model.tokenizer();
+        // A continuation: the new turn follows the old tokens without a second BOS.
+        if prompt.first().is_some_and(|&t| Some(t) == tok.bos()) {
+            prompt.remove(0);
+        }
+        let mut all = context;
+        all.extend_from_slice(&prompt);
+        prompt = all;
+    }
+    common::check_prompt_len(&l, prompt.len(), F)?;
+    let prompt_ids = prompt.clone();
+    let rx = common::submit(&l, prompt, params, arrived, permit, F)?;
+    let parser = ReasoningParser::new(syntax, open);
+    let show_thinking = thinking != Some(false);
+    let model = l.names[0].clone();
+    if stream {
+        let framer = NdFramer {
+            model,
+            arrived,
+            parser,
+            chat: false,
+            show_thinking,
+            context: Some(prompt_ids),
+        };
+        return Ok(common::streaming_response(
+            common::stream_body(rx, framer),
+            "application/x-ndjson",
+        ));
+    }
+    let c = common::collect(rx, F).await?;
+    let mut parser = parser;
+    let mut s = parser.push(&c.text);
+    let f = parser.finish();
+    s.reasoning.push_str(&f.reasoning);
+    s.content.push_str(&f.content);
+    let mut ctx = prompt_ids;
+    ctx.extend(c.tokens.iter().map(|t| t.id));
+    let mut v = json!({
+        "model": model,
+        "created_at": now_rfc3339(),
+        "response": s.content,
+        "done": true,
+        "done_reason": done_reason(&c.done),
+        "context": ctx,
+    });
+    if show_thinking && !s.reasoning.is_empty() {
+        v["thinking"] = json!(s.reasoning);
+    }
+    if let Value::Object(m) = &mut v {
+        m.extend(durations(&c.done, arrived));
+    }
+    Ok(Json(v).into_response())
+}
+
+/// `POST /api/chat`.
+pub async fn chat(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let req: ChatRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
+    let l = common::loaded(&state, F)?;
+    common::check_model(&l, Some(&req.model), F)?;
+    let stream = req.stream.unwrap_or(true);
+    if req.messages.is_empty() {
+        let v = json!({
+            "model": l.names[0], "created_at": now_rfc3339(),
+            "message": {"role": "assistant", "content": ""},
+            "done": true, "done_reason": "load",
+        });
+        return Ok(Json(v).into_response());
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.into_iter().enumerate() {
+        let Value::Object(mut o) = m else {
+            return Err(ApiError::bad_request(
+                F,
+                format!("messages[{i}] must be an object"),
+            ));
+        };
+        if !matches!(o.get("role"), Some(Value::String(_))) {
+            return Err(ApiError::bad_request(
+                F,
+                format!("messages[{i}].role must be a string"),
+            ));
+        }
+        match o.get("content") {
+            None | Some(Value::Null) => {
+                o.insert("content".into(), json!(""));
+            }
+            Some(Value::String(_)) => {}
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    F,
+                    format!("messages[{i}].content must be a string"),
+                ))
+            }
+        }
+        if o.get("images")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+        {
+            return Err(ApiError::bad_request(
+                F,
+                "images are not supported by this model",
+            ));
+        }
+        messages.push(Value::Object(o));
+    }
+    let params = params(&l, req.options, req.format.as_ref(), None)?;
+    let thinking = think_flag(&req.think);
+    let syntax = openai::reasoning_syntax(&state, &l, None, F)?;
+    let permit = common::admit(&state, F)?;
+    let opts = RenderOptions {
+        add_generation_prompt: true,
+        tools: req.tools,
+        enable_thinking: thinking,
+        reasoning_effort: effort(&req.think),
+        ..Default::default()
+    };
+    let (prompt, open) = openai::chat_prompt(&l, &messages, &opts, F).await?;
+    common::check_prompt_len(&l, prompt.len(), F)?;
+    let rx = common::submit(&l, prompt, params, arrived, permit, F)?;
+    let parser = ReasoningParser::new(syntax, open);
+    let show_thinking = thinking != Some(false);
+    let model = l.names[0].clone();
+    if stream {
+        let framer = NdFramer {
+            model,
+            arrived,
+            parser,
+            chat: true,
+            show_thinking,
+            context: None,
+        };
+        return Ok(common::streaming_response(
+            common::stream_body(rx, framer),
+            "application/x-ndjson",
+        ));
+    }
+    let c = common::collect(rx, F).await?;
+    let mut parser = parser;
+    let mut s = parser.push(&c.text);
+    let f = parser.finish();
+    s.reasoning.push_str(&f.reasoning);
+    s.content.push_str(&f.content);
+    let mut message = json!({"role": "assistant", "content": s.content});
+    if show_thinking && !s.reasoning.is_empty() {
+        message["thinking"] = json!(s.reasoning);
+    }
+    let mut v = json!({
+        "model": model,
+        "created_at": now_rfc3339(),
+        "message": message,
+        "done": true,
+        "done_reason": done_reason(&c.done),
+    });
+    if let Value::Object(m) = &mut v {
+        m.extend(durations(&c.done, arrived));
+    }
+    Ok(Json(v).into_response())
+}
+
+/// NDJSON frames for `/api/generate` and `/api/chat`.
+struct NdFramer {
+    model: String,
+    arrived: Instant,
+    parser: ReasoningParser,
+    chat: bool,
+    show_thinking: bool,
+    /// Prompt ids, extended with generated ids (`/api/generate`'s final `context`).
+    context: Option<Vec<u32>>,
+}
+
+impl NdFramer {
+    fn line(v: &Value) -> Bytes {
+        Bytes::from(format!("{v}\n"))
+    }
+
+    fn piece(&self, s: crate::reasoning::Split, out: &mut Vec<Bytes>) {
+        let thinking = self.show_thinking && !s.reasoning.is_empty();
+        if s.content.is_empty() && !thinking {
+            return;
+        }
+        let mut v = if self.chat {
+            let mut m = json!({"role": "assistant", "content": s.content});
+            if thinking {
+                m["thinking"] = json!(s.reasoning);
+            }
+            json!({"model": self.model, "created_at": now_rfc3339(), "message": m, "done": false})
+        } else {
+            let mut v = json!({"model": self.model, "created_at": now_rfc3339(), "response": s.content, "done": false});
+            if thinking {
+                v["thinking"] = json!(s.reasoning);
+            }
+            v
+        };
+        if v.is_null() {
+            v = json!({});
+        }
+        out.push(Self::line(&v));
+    }
+}
+
+impl Framer for NdFramer {
+    fn event(&mut self, ev: Event, out: &mut Vec<Bytes>) {
+        match ev {
+            Event::Token(t) => {
+                if let Some(c) = self.context.as_mut() {
+                    c.push(t.id);
+                }
+                let s = self.parser.push(&t.text);
+                self.piece(s, out);
+            }
+            Event::Done(d) => {
+                let s = self.parser.finish();
+                self.piece(s, out);
+                let mut v = if self.chat {
+                    json!({"model": self.model, "created_at": now_rfc3339(),
+                        "message": {"role": "assistant", "content": ""},
+                        "done": true, "done_reason": done_reason(&d)})
+                } else {
+                    json!({"model": self.model, "created_at": now_rfc3339(), "response": "",
+                        "done": true, "done_reason": done_reason(&d),
+                        "context": self.context.take().unwrap_or_default()})
+                };
+                if let Value::Object(m) = &mut v {
+                    m.extend(durations(&d, self.arrived));
+                }
+                out.push(Self::line(&v));
+            }
+            Event::Error(msg) => out.push(Self::line(&json!({ "error": msg }))),
+        }
+    }
+
+    fn closed(&mut self, out: &mut Vec<Bytes>) {
+        out.push(Self::line(
+            &json!({"error": "the generation ended unexpectedly"}),
+        ));
+    }
+}
+
+fn details(l: &Loaded) -> Value {
+    let info = l.model.info();
+    let quant = l
+        .model
+        .gguf()
+        .get_int("general.file_type")
+        .ok()
+        .flatten()
+        .map(file_type_name)
+        .unwrap_or("unknown");
+    json!({
+        "parent_model": "",
+        "format": "gguf",
+        "family": info.arch,
+        "families": [info.arch],
+        "parameter_size": human_params(info.n_params),
+        "quantization_level": quant,
+    })
+}
+
+fn human_params(n: u64) -> String {
+    if n >= 1_000_000_000 {
+        format!("{:.1}B", n as f64 / 1e9)
+    } else {
+        format!("{:.0}M", n as f64 / 1e6)
+    }
+}
+
+/// llama.cpp's `general.file_type` codes.
+fn file_type_name(t: i64) -> &'static str {
+    match t {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        25 => "IQ4_NL",
+        30 => "IQ4_XS",
+        32 => "BF16",
+        38 => "MXFP4",
+        _ => "unknown",
+    }
+}
+
+fn model_entry(l: &Loaded) -> Value {
+    json!({
+        "name": format!("{}:latest", l.names[0]),
+        "model": format!("{}:latest", l.names[0]),
+        "modified_at": rfc3339(l.created),
+        "size": l.file_size,
+        "digest": l.digest,
+        "details": details(l),
+    })
+}
+
+/// `GET /api/tags`: the served model.
+pub async fn tags(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let l = common::loaded(&state, F)?;
+    Ok(Json(json!({ "models": [model_entry(&l)] })).into_response())
+}
+
+/// `GET /api/ps`: the loaded model (always resident while the server runs).
+pub async fn ps(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let l = common::loaded(&state, F)?;
+    let mut m = model_entry(&l);
+    m["expires_at"] = json!("2999-12-31T23:59:59Z");
+    m["size_vram"] = json!(0);
+    m["context_length"] = json!(l.n_ctx);
+    Ok(Json(json!({ "models": [m] })).into_response())
+}
+
+/// `GET /api/version`.
+pub async fn version() -> Response {
+    Json(json!({ "version": env!("CARGO_PKG_VERSION") })).into_response()
+}
+
+#[derive(Deserialize, Debug)]
+struct ShowRequest {
+    model: Option<String>,
+    name: Option<String>,
+    #[serde(default)]
+    verbose: bool,
+}
+
+/// `POST /api/show`: details, metadata, template and capabilities.
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: ShowRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
+    let l = common::loaded(&state, F)?;
+    let name = req.model.or(req.name).unwrap_or_default();
+    if name.trim().is_empty() {
+        return Err(ApiError::bad_request(F, "model is required"));
+    }
+    common::check_model(&l, Some(&name), F)?;
+    let mut info = serde_json::Map::new();
+    for (k, v) in l.model.gguf().metadata() {
+        if k == "tokenizer.chat_template" {
+            continue;
+        }
+        let value = match v.as_array() {
+            // Ollama leaves large arrays (the vocabulary) out unless asked to be verbose.
+            Some(_) if !req.verbose => Value::Null,
+            Some(_) => json!(v.to_string()),
+            None => match (v.as_str(), v.as_bool(), v.as_int(), v.as_float()) {
+                (Some(s), ..) => json!(s),
+                (_, Some(b), ..) => json!(b),
+                (_, _, Some(i), _) => json!(i),
+                (_, _, _, Some(f)) => json!(f),
+                _ => continue,
+            },
+        };
+        info.insert(k.clone(), value);
+    }
+    info.insert(
+        "general.parameter_count".into(),
+        json!(l.model.info().n_params),
+    );
+    let path = state.cfg.model_path.display().to_string();
+    Ok(Json(json!({
+        "license": l.model.gguf().get_str("general.license").ok().flatten().unwrap_or(""),
+        "modelfile": format!("# Modelfile generated by engine\nFROM {path}\n"),
+        "parameters": "",
+        "template": l.template.source,
+        "details": details(&l),
+        "model_info": info,
+        "capabilities": ["completion", "embedding"],
+        "modified_at": rfc3339(l.created),
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum EmbedInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Debug)]
+struct EmbedRequest {
+    model: String,
+    input: EmbedInput,
+    truncate: Option<bool>,
+    dimensions: Option<usize>,
+}
+
+/// `POST /api/embed`. Inputs longer than the context are refused unless the request says
+/// `truncate: true` explicitly.
+pub async fn embed(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let req: EmbedRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
+    let l = common::loaded(&state, F)?;
+    common::check_model(&l, Some(&req.model), F)?;
+    let texts = match req.input {
+        EmbedInput::One(s) => vec![s],
+        EmbedInput::Many(v) => v,
+    };
+    let inputs = openai::embed_inputs(&l, texts, req.truncate == Some(true), F).await?;
+    let out = openai::run_embed(&state, &l, inputs, arrived, F).await?;
+    Ok(Json(json!({
+        "model": l.names[0],
+        "embeddings": openai::shorten(out.embeddings, req.dimensions),
+        "total_duration": crate::app::nanos_since(arrived),
+        "load_duration": 0,
+        "prompt_eval_count": out.prompt_n,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize, Debug)]
+struct LegacyEmbedRequest {
+    model: String,
+    prompt: String,
+}
+
+/// `POST /api/embeddings` (Ollama's older endpoint): one vector.
+pub async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let req: LegacyEmbedRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
+    let l = common::loaded(&state, F)?;
+    common::check_model(&l, Some(&req.model), F)?;
+    let inputs = openai::embed_inputs(&l, vec![req.prompt], false, F).await?;
+    let mut out = openai::run_embed(&state, &l, inputs, arrived, F).await?;
+    Ok(Json(json!({ "embedding": out.embeddings.pop().unwrap_or_default() })).into_response())
+}
