@@ -11,6 +11,7 @@
 // Kernels index several block arrays with one counter that mirrors the block layout.
 #![allow(clippy::needless_range_loop)]
 
+mod backend_ext;
 pub mod buffer;
 pub mod fma;
 pub mod kernels;
@@ -23,7 +24,8 @@ use std::sync::{Arc, Mutex};
 
 use engine_core::tensor::{tensor_bytes, HostBytes, Shape};
 use engine_core::{
-    Activation, AttentionSpec, Backend, DType, Error, Result, RopeSpec, Tensor, Weight,
+    Activation, AttentionSpec, Backend, DType, Error, Result, RopeSpec, SeqRun, SsmScanSpec,
+    Tensor, Weight,
 };
 
 use buffer::{cpu, cpu_mut, cpu_weight, f32s, f32s_mut, CpuBuffer, CpuWeight};
@@ -633,5 +635,56 @@ impl Backend for CpuBackend {
             d[i * cols..(i + 1) * cols].copy_from_slice(&s[r * cols..(r + 1) * cols]);
         }
         Ok(())
+    }
+
+    fn scatter_rows(&self, src: &Tensor, rows: &[u32], dst: &mut Tensor) -> Result<()> {
+        self.scatter_rows_impl(src, rows, dst)
+    }
+
+    fn scale_rows(&self, x: &mut Tensor, scales: &[f32]) -> Result<()> {
+        self.scale_rows_impl(x, scales)
+    }
+
+    fn weighted_row_sum(
+        &self,
+        src: &Tensor,
+        weights: &[f32],
+        k: usize,
+        dst: &mut Tensor,
+    ) -> Result<()> {
+        self.weighted_row_sum_impl(src, weights, k, dst)
+    }
+
+    fn rms_norm_groups_inplace(
+        &self,
+        x: &mut Tensor,
+        w: Option<&Weight>,
+        group: usize,
+        eps: f32,
+    ) -> Result<()> {
+        self.rms_norm_groups_inplace_impl(x, w, group, eps)
+    }
+
+    fn ssm_conv(
+        &self,
+        x: &Tensor,
+        w: &Weight,
+        b: Option<&Weight>,
+        state: &mut Tensor,
+        runs: &[SeqRun],
+        out: &mut Tensor,
+    ) -> Result<()> {
+        self.ssm_conv_impl(x, w, b, state, runs, out)
+    }
+
+    fn ssm_scan(
+        &self,
+        xbc: &Tensor,
+        dt: &Tensor,
+        state: &mut Tensor,
+        spec: &SsmScanSpec,
+        y: &mut Tensor,
+    ) -> Result<()> {
+        self.ssm_scan_impl(xbc, dt, state, spec, y)
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! * [`hparams`]: hyperparameters from GGUF metadata.
 //! * [`weights`]: loading named tensors with shape checks.
-//! * [`batch`], [`context`]: inputs and per-session state (KV cache, scratch).
-//! * [`decoder`]: the shared dense decoder forward pass.
+//! * [`batch`], [`context`]: inputs and per-session state (KV cache, recurrent state,
+//!   scratch).
+//! * [`decoder`]: the one forward-pass driver (attention or Mamba-2 mixers, dense or MoE
+//!   feed-forward), with [`ffn`], [`moe`] and [`mamba`] for its parts.
 //! * [`arch`]: the families and the registry ([`load`]).
 
 #![warn(missing_docs)]
@@ -14,7 +16,10 @@ pub mod batch;
 pub mod context;
 pub mod decoder;
 pub mod error;
+pub mod ffn;
 pub mod hparams;
+pub mod mamba;
+pub mod moe;
 pub mod weights;
 
 use std::sync::Arc;
@@ -23,11 +28,22 @@ use engine_core::Backend;
 use engine_gguf::GgufModel;
 
 pub use batch::Batch;
-pub use context::{Context, ContextOptions};
+pub use context::{Context, ContextOptions, LayerMemory};
 pub use error::{ModelError, Result};
 
 /// Architectures this build implements, as `general.architecture` names them.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["gemma3", "llama", "qwen2", "qwen3"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "gemma3",
+    "glm4moe",
+    "gpt-oss",
+    "llama",
+    "mistral3",
+    "nemotron_h",
+    "phi3",
+    "qwen2",
+    "qwen3",
+    "qwen3moe",
+];
 
 /// Facts about a loaded model.
 #[derive(Clone, Debug)]
@@ -111,9 +127,13 @@ pub fn load(gguf: &GgufModel, backend: Arc<dyn Backend>) -> Result<Box<dyn Model
                 .unwrap_or_default()
         });
     Ok(match arch.as_str() {
-        "llama" => Box::new(arch::llama::load(gguf, backend, name)?),
-        "qwen2" | "qwen3" => Box::new(arch::qwen::load(gguf, backend, &arch, name)?),
+        "llama" | "mistral3" => Box::new(arch::llama::load(gguf, backend, &arch, name)?),
+        "qwen2" | "qwen3" | "qwen3moe" => Box::new(arch::qwen::load(gguf, backend, &arch, name)?),
         "gemma3" => Box::new(arch::gemma3::load(gguf, backend, name)?),
+        "gpt-oss" => Box::new(arch::gpt_oss::load(gguf, backend, name)?),
+        "phi3" => Box::new(arch::phi3::load(gguf, backend, name)?),
+        "glm4moe" => Box::new(arch::glm4moe::load(gguf, backend, name)?),
+        "nemotron_h" => Box::new(arch::nemotron_h::load(gguf, backend, name)?),
         _ => {
             return Err(ModelError::UnknownArchitecture {
                 arch,
