@@ -303,6 +303,7 @@ struct Scratch {
     /// Per-token query scales (temperature scaling).
     q_scales: Vec<f32>,
     out_groups: Vec<u32>,
+    out_pieces: Vec<u32>,
     moe: Option<MoeScratch>,
     mamba: Option<MambaScratch>,
 }
@@ -609,6 +610,7 @@ impl Decoder {
             runs: Vec::with_capacity(n_batch),
             q_scales: Vec::with_capacity(n_batch),
             out_groups: Vec::with_capacity(n_out),
+            out_pieces: Vec::with_capacity(n_batch),
             moe: match &w.moe {
                 Some((mc, sh)) => Some(MoeScratch::new(be, mc, e, *sh, n_batch)?),
                 None => None,
@@ -905,11 +907,30 @@ impl Decoder {
                 s.out_idx.push(j as u32);
             }
         }
+        // Each sequence's outputs are cut into pieces of OUT_CHUNK rows counted from its own
+        // first output, and whole pieces are packed into chunks, so a sequence's rows meet
+        // the output matmul in the same row groups whatever else is in the batch.
+        s.out_pieces.clear();
+        let mut prev_seq = None;
+        for &r in &s.out_idx {
+            let seq = batch.seq[range.start + r as usize];
+            match s.out_pieces.last_mut() {
+                Some(p) if prev_seq == Some(seq) && (*p as usize) < OUT_CHUNK => *p += 1,
+                _ => s.out_pieces.push(1),
+            }
+            prev_seq = Some(seq);
+        }
         let n_vocab = self.info.n_vocab;
-        let mut start = 0;
-        while start < s.out_idx.len() {
-            let end = (start + OUT_CHUNK).min(s.out_idx.len());
-            let m = end - start;
+        let (mut start, mut piece) = (0, 0);
+        while piece < s.out_pieces.len() {
+            s.out_groups.clear();
+            let mut m = 0;
+            while piece < s.out_pieces.len() && m + s.out_pieces[piece] as usize <= OUT_CHUNK {
+                m += s.out_pieces[piece] as usize;
+                s.out_groups.push(s.out_pieces[piece]);
+                piece += 1;
+            }
+            let end = start + m;
             s.sel.reshape(&[m, e])?;
             s.sel_norm.reshape(&[m, e])?;
             s.logits.reshape(&[m, n_vocab])?;
@@ -920,20 +941,6 @@ impl Decoder {
                 self.cfg.hp.rms_eps,
                 &mut s.sel_norm,
             )?;
-            s.out_groups.clear();
-            for (j, &r) in s.out_idx[start..end].iter().enumerate() {
-                let seq = batch.seq[range.start + r as usize];
-                match s.out_groups.last_mut() {
-                    Some(g)
-                        if j > 0
-                            && batch.seq[range.start + s.out_idx[start + j - 1] as usize]
-                                == seq =>
-                    {
-                        *g += 1
-                    }
-                    _ => s.out_groups.push(1),
-                }
-            }
             if output == Output::Embeddings {
                 let at = out.len();
                 out.resize(at + m * e, 0.0);
