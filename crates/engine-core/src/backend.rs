@@ -134,6 +134,15 @@ pub struct SeqRun {
     pub fresh: bool,
 }
 
+/// One expert's consecutive rows in a [`Backend::matmul_experts`] call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpertSpan {
+    /// Index of the expert's weight.
+    pub expert: u32,
+    /// Number of consecutive rows multiplied by it.
+    pub rows: u32,
+}
+
 /// Shape and parameters of a Mamba-2 selective scan ([`Backend::ssm_scan`]).
 #[derive(Clone, Copy, Debug)]
 pub struct SsmScanSpec<'a> {
@@ -204,6 +213,23 @@ pub trait Backend: Send + Sync {
     /// the batch shape may ignore the grouping.
     fn matmul_groups(&self, x: &Tensor, w: &Weight, out: &mut Tensor, groups: &[u32])
         -> Result<()>;
+
+    /// Mixture-of-experts matmul: the rows of `x` come in consecutive spans, span `i` holding
+    /// `spans[i].rows` rows for expert `spans[i].expert`, and each row is multiplied by its
+    /// expert's weight (all of one shape and type), plus its bias if `biases` is given:
+    /// `out[r] = x[r] @ weights[e]^T + biases[e]`. Only the named experts' weights are read.
+    /// `groups` are the independent row groups (sequence runs, each inside one span) as for
+    /// [`Backend::matmul_groups`], whose guarantee this shares: a group's results do not
+    /// depend on the other rows.
+    fn matmul_experts(
+        &self,
+        x: &Tensor,
+        weights: &[Weight],
+        biases: Option<&[Weight]>,
+        spans: &[ExpertSpan],
+        groups: &[u32],
+        out: &mut Tensor,
+    ) -> Result<()>;
 
     /// Adds a bias row (`[cols]`) to every row of `x`.
     fn add_bias(&self, x: &mut Tensor, bias: &Weight) -> Result<()>;

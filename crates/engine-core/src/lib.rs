@@ -15,7 +15,8 @@ pub mod quant;
 pub mod tensor;
 
 pub use backend::{
-    Activation, AttentionSpec, Backend, QueryPos, RopeMode, RopeSpec, SeqRun, SsmScanSpec,
+    Activation, AttentionSpec, Backend, ExpertSpan, QueryPos, RopeMode, RopeSpec, SeqRun,
+    SsmScanSpec,
 };
 pub use dtype::DType;
 pub use error::{Error, Result};

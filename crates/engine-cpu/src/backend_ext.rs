@@ -1,14 +1,17 @@
 //! The CPU implementations of the backend operations that mixture-of-experts and hybrid
-//! (Mamba-2 + attention) models need: row scatter and per-row scaling, weighted sums of
-//! expert outputs, grouped RMS norm, and the recurrent convolution and scan. The
+//! (Mamba-2 + attention) models need: the expert matmul, row scatter and per-row scaling,
+//! weighted sums of expert outputs, grouped RMS norm, and the recurrent convolution and scan. The
 //! [`engine_core::Backend`] impl in the crate root forwards to these.
 
-use engine_core::{Error, Result, SeqRun, SsmScanSpec, Tensor, Weight};
+use engine_core::{Error, ExpertSpan, Result, SeqRun, SsmScanSpec, Tensor, Weight};
 
-use crate::buffer::{f32s, f32s_mut};
+use crate::buffer::{cpu_weight, f32s, f32s_mut};
 use crate::ops;
 use crate::pool::SendPtr;
-use crate::{check, weight_f32, CpuBackend};
+use crate::{check, kernels, weight_f32, CpuBackend};
+
+/// Most experts one MoE layer may have on the CPU backend.
+pub const MAX_EXPERTS: usize = 1024;
 
 /// Checks that `runs` partition `n` rows and address existing state slots; returns whether
 /// every run has its own slot (then runs may be processed in parallel).
@@ -35,6 +38,80 @@ fn run_starts(runs: &[SeqRun], i: usize) -> usize {
 }
 
 impl CpuBackend {
+    pub(crate) fn matmul_experts_impl(
+        &self,
+        x: &Tensor,
+        weights: &[Weight],
+        biases: Option<&[Weight]>,
+        spans: &[ExpertSpan],
+        groups: &[u32],
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let (n, k) = (x.rows(), x.cols());
+        let first = weights
+            .first()
+            .ok_or_else(|| Error::Shape("expert matmul without experts".into()))?;
+        let (dtype, m) = (first.dtype(), first.rows());
+        check(out.rows() == n && out.cols() == m, || {
+            format!(
+                "expert matmul {:?} x {}{:?}^T into {:?}",
+                x.shape(),
+                first.name(),
+                first.shape(),
+                out.shape()
+            )
+        })?;
+        if let Some(w) = weights
+            .iter()
+            .find(|w| w.dtype() != dtype || w.rows() != m || w.cols() != k)
+        {
+            return Err(Error::Shape(format!(
+                "expert weights differ: {} is {} {:?}, {} is {dtype} {:?}",
+                w.name(),
+                w.dtype(),
+                w.shape(),
+                first.name(),
+                first.shape()
+            )));
+        }
+        let kern = kernels::kernel(dtype, self.isa).ok_or(Error::UnsupportedType(dtype))?;
+        // at most a few hundred experts: small fixed arrays would do, but the slices are
+        // borrowed views and cost no copy
+        let mut ws: [&[u8]; MAX_EXPERTS] = [&[]; MAX_EXPERTS];
+        let mut bs: [&[f32]; MAX_EXPERTS] = [&[]; MAX_EXPERTS];
+        check(weights.len() <= MAX_EXPERTS, || {
+            format!("{} experts (at most {MAX_EXPERTS})", weights.len())
+        })?;
+        for (slot, w) in ws.iter_mut().zip(weights) {
+            *slot = cpu_weight(w)?.bytes();
+        }
+        if let Some(b) = biases {
+            check(b.len() == weights.len(), || {
+                format!("{} biases for {} experts", b.len(), weights.len())
+            })?;
+            for (slot, w) in bs.iter_mut().zip(b) {
+                *slot = weight_f32(w, "expert bias")?;
+            }
+        }
+        let xs = f32s(x)?;
+        let os = f32s_mut(out)?;
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        crate::matmul_experts::matmul_experts(
+            &self.pool,
+            &kern,
+            xs,
+            n,
+            k,
+            &ws[..weights.len()],
+            biases.map(|_| &bs[..weights.len()]),
+            m,
+            spans,
+            groups,
+            os,
+            &mut scratch,
+        )
+    }
+
     pub(crate) fn scatter_rows_impl(
         &self,
         src: &Tensor,

@@ -2,7 +2,8 @@
 //! (AVX2 or NEON, selected at run time, with a scalar fallback) and a thread pool.
 //!
 //! * [`kernels`]: the per-format dot products and activation conversion.
-//! * [`matmul`]: the single matrix-multiplication driver.
+//! * [`matmul`]: the matrix-multiplication driver (one weight, any format).
+//! * [`matmul_experts`]: the mixture-of-experts driver (many weights in one pass).
 //! * [`ops`]: normalisation, rope, activations, attention.
 //! * [`pool`]: the thread pool.
 //! * [`buffer`]: CPU storage for tensors and weights.
@@ -16,6 +17,7 @@ pub mod buffer;
 pub mod fma;
 pub mod kernels;
 pub mod matmul;
+pub mod matmul_experts;
 pub mod ops;
 pub mod pool;
 pub mod vecops;
@@ -24,8 +26,8 @@ use std::sync::{Arc, Mutex};
 
 use engine_core::tensor::{tensor_bytes, HostBytes, Shape};
 use engine_core::{
-    Activation, AttentionSpec, Backend, DType, Error, Result, RopeSpec, SeqRun, SsmScanSpec,
-    Tensor, Weight,
+    Activation, AttentionSpec, Backend, DType, Error, ExpertSpan, Result, RopeSpec, SeqRun,
+    SsmScanSpec, Tensor, Weight,
 };
 
 use buffer::{cpu, cpu_mut, cpu_weight, f32s, f32s_mut, CpuBuffer, CpuWeight};
@@ -245,6 +247,18 @@ impl Backend for CpuBackend {
         let os = f32s_mut(out)?;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         matmul::matmul(&self.pool, &kern, xs, n, k, ws, m, os, groups, &mut scratch)
+    }
+
+    fn matmul_experts(
+        &self,
+        x: &Tensor,
+        weights: &[Weight],
+        biases: Option<&[Weight]>,
+        spans: &[ExpertSpan],
+        groups: &[u32],
+        out: &mut Tensor,
+    ) -> Result<()> {
+        self.matmul_experts_impl(x, weights, biases, spans, groups, out)
     }
 
     fn add_bias(&self, x: &mut Tensor, bias: &Weight) -> Result<()> {

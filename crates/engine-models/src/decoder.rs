@@ -732,8 +732,10 @@ impl Decoder {
         if let Some(sc) = self.cfg.q_prescale {
             be.scale(&mut s.q, sc)?;
         }
-        let kv = ctx.kv[l]
-            .as_mut()
+        let kv = ctx
+            .kv
+            .get_mut(l)
+            .and_then(Option::as_mut)
             .ok_or_else(|| ModelError::Input("context was made by another model".into()))?;
         be.kv_store(&mut kv.k, &s.k, &s.rows)?;
         be.kv_store(&mut kv.v, &s.v, &s.rows)?;
@@ -842,9 +844,13 @@ impl Decoder {
                     MixerWeights::Attention(ac, aw) => self.attention(ctx, s, l, ac, aw, pos)?,
                     MixerWeights::Mamba2(mw) => {
                         let ssm = self.cfg.ssm.as_ref().expect("checked at load");
-                        let mem = ctx.recurrent[l].as_mut().ok_or_else(|| {
-                            ModelError::Input("context was made by another model".into())
-                        })?;
+                        let mem = ctx
+                            .recurrent
+                            .get_mut(l)
+                            .and_then(Option::as_mut)
+                            .ok_or_else(|| {
+                                ModelError::Input("context was made by another model".into())
+                            })?;
                         let ms = s.mamba.as_mut().expect("allocated with Mamba layers");
                         mw.forward(
                             be, ssm, hp.rms_eps, &s.h, &s.runs, &s.groups, mem, ms, &mut s.o,

@@ -58,11 +58,11 @@ pub struct ModelInfo {
     pub n_ctx_train: usize,
     /// Residual width.
     pub n_embd: usize,
-    /// Blocks.
+    /// Blocks run by the forward pass.
     pub n_layer: usize,
-    /// Query heads (first layer).
+    /// Query heads (first attention layer).
     pub n_head: usize,
-    /// Key/value heads (first layer).
+    /// Key/value heads (first attention layer).
     pub n_head_kv: usize,
     /// Parameters in the file.
     pub n_params: u64,
@@ -75,7 +75,7 @@ pub struct ModelInfo {
 pub struct MemoryEstimate {
     /// Weights.
     pub weights: u64,
-    /// KV cache (and recurrent state).
+    /// KV cache and recurrent state.
     pub kv_cache: u64,
     /// Activation scratch.
     pub scratch: u64,
@@ -93,7 +93,8 @@ pub trait Model: Send + Sync {
     /// Facts about the model.
     fn info(&self) -> &ModelInfo;
 
-    /// Allocates per-session state (KV cache for `opts.n_seq` sequences of `opts.n_ctx`).
+    /// Allocates per-session state (KV cache for `opts.n_seq` sequences of `opts.n_ctx`, and
+    /// recurrent state for models with Mamba layers).
     fn new_context(&self, opts: ContextOptions) -> Result<Context>;
 
     /// Memory needed for a context of these sizes, before allocating it.

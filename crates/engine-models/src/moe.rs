@@ -4,13 +4,13 @@
 //!
 //! Each expert is a view of its rows of the stacked `*_exps` tensors, so nothing is copied
 //! at load time and a forward pass reads only the experts its tokens were routed to. The
-//! router's logits come to the host (a few values per token); the host picks the experts,
-//! groups the tokens by expert, and each selected expert runs one matmul over all of its
-//! tokens. Within an expert the rows keep their sequence runs as matmul row groups, and each
-//! token's expert outputs are added in selection order, so a sequence's numbers do not depend
-//! on what else is in the batch.
+//! router's logits come to the host (a few values per token); the host picks the experts and
+//! sorts the (token, slot) pairs by expert, and one [`Backend::matmul_experts`] call per
+//! projection multiplies every selected expert with all of its tokens' rows. Within an expert
+//! the rows keep their sequence runs as row groups, and each token's expert outputs are added
+//! in selection order, so a sequence's numbers do not depend on what else is in the batch.
 
-use engine_core::{Activation, Backend, DType, Tensor, Weight};
+use engine_core::{Activation, Backend, DType, ExpertSpan, Tensor, Weight};
 
 use crate::error::{ModelError, Result};
 use crate::ffn::{is_gated, DenseFfn};
@@ -63,14 +63,33 @@ pub struct MoeConfig {
     pub act: Activation,
 }
 
-/// One expert: views of its rows of the stacked tensors.
-pub struct Expert {
-    gate: Option<Weight>,
-    up: Weight,
-    down: Weight,
-    b_gate: Option<Weight>,
-    b_up: Option<Weight>,
-    b_down: Option<Weight>,
+/// One projection of all experts: a view per expert of its rows of the stacked tensor.
+pub struct ExpertProj {
+    weights: Vec<Weight>,
+    biases: Option<Vec<Weight>>,
+}
+
+impl ExpertProj {
+    fn parts(&self) -> (&[Weight], Option<&[Weight]>) {
+        (&self.weights, self.biases.as_deref())
+    }
+
+    /// Loads `blk.{i}.ffn_{proj}_exps.{weight,bias}` of shape `[n_expert, rows, cols]`.
+    fn load(
+        wl: &mut WeightLoader,
+        i: usize,
+        proj: &str,
+        n_expert: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<ExpertProj>> {
+        let name = format!("blk.{i}.ffn_{proj}_exps");
+        let Some(weights) = wl.stacked(&format!("{name}.weight"), &[n_expert, rows, cols])? else {
+            return Ok(None);
+        };
+        let biases = wl.stacked(&format!("{name}.bias"), &[n_expert, rows])?;
+        Ok(Some(ExpertProj { weights, biases }))
+    }
 }
 
 /// A MoE layer's weights.
@@ -78,15 +97,10 @@ pub struct MoeWeights {
     router: Weight,
     router_b: Option<Weight>,
     sel_bias: Option<Vec<f32>>,
-    experts: Vec<Expert>,
+    gate: Option<ExpertProj>,
+    up: ExpertProj,
+    down: ExpertProj,
     shared: Option<DenseFfn>,
-}
-
-fn split(v: Option<Vec<Weight>>) -> Vec<Option<Weight>> {
-    match v {
-        Some(v) => v.into_iter().map(Some).collect(),
-        None => vec![],
-    }
 }
 
 impl MoeWeights {
@@ -105,33 +119,14 @@ impl MoeWeights {
             name,
             problem: "required by the architecture but missing from the file".into(),
         };
-        let up = wl
-            .stacked(&t("ffn_up_exps.weight"), &[ne, ff, n_embd])?
+        let up = ExpertProj::load(wl, i, "up", ne, ff, n_embd)?
             .ok_or_else(|| missing(t("ffn_up_exps.weight")))?;
-        let down = wl
-            .stacked(&t("ffn_down_exps.weight"), &[ne, n_embd, ff])?
+        let down = ExpertProj::load(wl, i, "down", ne, n_embd, ff)?
             .ok_or_else(|| missing(t("ffn_down_exps.weight")))?;
-        let gate = split(wl.stacked(&t("ffn_gate_exps.weight"), &[ne, ff, n_embd])?);
-        if gate.is_empty() && is_gated(cfg.act) {
+        let gate = ExpertProj::load(wl, i, "gate", ne, ff, n_embd)?;
+        if gate.is_none() && is_gated(cfg.act) {
             return Err(missing(t("ffn_gate_exps.weight")));
         }
-        let b_gate = split(wl.stacked(&t("ffn_gate_exps.bias"), &[ne, ff])?);
-        let b_up = split(wl.stacked(&t("ffn_up_exps.bias"), &[ne, ff])?);
-        let b_down = split(wl.stacked(&t("ffn_down_exps.bias"), &[ne, n_embd])?);
-        let at = |v: &[Option<Weight>], e: usize| v.get(e).cloned().flatten();
-        let experts = up
-            .into_iter()
-            .zip(down)
-            .enumerate()
-            .map(|(e, (up, down))| Expert {
-                gate: at(&gate, e),
-                up,
-                down,
-                b_gate: at(&b_gate, e),
-                b_up: at(&b_up, e),
-                b_down: at(&b_down, e),
-            })
-            .collect();
         let shared = match wl.gguf_shape(&t("ffn_up_shexp.weight")) {
             Some(shape) => {
                 let n_ff_sh = shape.first().copied().unwrap_or(0);
@@ -145,7 +140,9 @@ impl MoeWeights {
             router: wl.get(&t("ffn_gate_inp.weight"), Some(&[ne, n_embd]))?,
             router_b: wl.opt(&t("ffn_gate_inp.bias"), Some(&[ne]))?,
             sel_bias: wl.host_f32(&t("exp_probs_b.bias"), ne)?,
-            experts,
+            gate,
+            up,
+            down,
             shared,
         })
     }
@@ -170,7 +167,9 @@ pub struct MoeScratch {
     start: Vec<u32>,
     /// Slots grouped by expert, token order within an expert.
     order: Vec<u32>,
+    /// Token of each entry of `order`.
     tok: Vec<u32>,
+    spans: Vec<ExpertSpan>,
     groups: Vec<u32>,
     xe: Tensor,
     ge: Tensor,
@@ -193,22 +192,24 @@ impl MoeScratch {
     ) -> Result<MoeScratch> {
         let (ne, k, ff) = (cfg.n_expert, cfg.n_used, cfg.n_ff);
         let sh = shared_ff.max(1);
+        let nk = n_batch * k;
         Ok(MoeScratch {
             router: be.alloc(DType::F32, &[n_batch, ne])?,
             logits: vec![0.0; n_batch * ne],
             probs: vec![0.0; ne],
             taken: vec![false; ne],
-            sel: Vec::with_capacity(n_batch * k),
-            wts: Vec::with_capacity(n_batch * k),
+            sel: Vec::with_capacity(nk),
+            wts: Vec::with_capacity(nk),
             start: vec![0; ne + 1],
-            order: vec![0; n_batch * k],
-            tok: Vec::with_capacity(n_batch),
-            groups: Vec::with_capacity(n_batch),
-            xe: be.alloc(DType::F32, &[n_batch, n_embd])?,
-            ge: be.alloc(DType::F32, &[n_batch, ff])?,
-            ue: be.alloc(DType::F32, &[n_batch, ff])?,
-            ye: be.alloc(DType::F32, &[n_batch, n_embd])?,
-            mix: be.alloc(DType::F32, &[n_batch * k, n_embd])?,
+            order: vec![0; nk],
+            tok: Vec::with_capacity(nk),
+            spans: Vec::with_capacity(ne),
+            groups: Vec::with_capacity(nk),
+            xe: be.alloc(DType::F32, &[nk, n_embd])?,
+            ge: be.alloc(DType::F32, &[nk, ff])?,
+            ue: be.alloc(DType::F32, &[nk, ff])?,
+            ye: be.alloc(DType::F32, &[nk, n_embd])?,
+            mix: be.alloc(DType::F32, &[nk, n_embd])?,
             sh_gate: be.alloc(DType::F32, &[n_batch, sh])?,
             sh_up: be.alloc(DType::F32, &[n_batch, sh])?,
             sh_out: be.alloc(DType::F32, &[n_batch, n_embd])?,
@@ -219,7 +220,7 @@ impl MoeScratch {
     pub fn device_bytes(cfg: &MoeConfig, n_embd: usize, shared_ff: usize, n_batch: usize) -> u64 {
         let (ne, k, ff) = (cfg.n_expert, cfg.n_used, cfg.n_ff);
         let sh = shared_ff.max(1);
-        4 * (n_batch * (ne + 2 * ff + 3 * n_embd + 2 * sh + k * n_embd)) as u64
+        4 * (n_batch * (ne + 2 * sh + n_embd) + n_batch * k * (2 * ff + 3 * n_embd)) as u64
     }
 }
 
@@ -350,56 +351,57 @@ impl MoeWeights {
             s.order[*at as usize] = slot as u32;
             *at += 1;
         }
-        // `start[x]` now holds the end of expert x's slots
-        s.mix.reshape(&[n * k, e])?;
+        // `start[x]` now holds the end of expert x's slots: one span per selected expert,
+        // its rows in token order, cut into sequence runs
+        s.spans.clear();
+        s.tok.clear();
+        s.groups.clear();
         let mut begin = 0usize;
         for x in 0..ne {
             let end = s.start[x] as usize;
             if end == begin {
                 continue;
             }
-            let slots = &s.order[begin..end];
-            let m = slots.len();
-            s.tok.clear();
-            s.groups.clear();
-            for (j, &slot) in slots.iter().enumerate() {
-                let t = slot as usize / k;
-                s.tok.push(t as u32);
+            s.spans.push(ExpertSpan {
+                expert: x as u32,
+                rows: (end - begin) as u32,
+            });
+            for j in begin..end {
+                let t = s.order[j] as usize / k;
                 match s.groups.last_mut() {
-                    Some(g) if seqs[t] == seqs[s.tok[j - 1] as usize] => *g += 1,
+                    Some(g) if j > begin && seqs[t] == seqs[s.tok[j - 1] as usize] => *g += 1,
                     _ => s.groups.push(1),
                 }
+                s.tok.push(t as u32);
             }
-            let ex = &self.experts[x];
-            s.xe.reshape(&[m, e])?;
-            s.ue.reshape(&[m, cfg.n_ff])?;
-            s.ge.reshape(&[m, cfg.n_ff])?;
-            s.ye.reshape(&[m, e])?;
-            be.gather_rows(h, &s.tok, &mut s.xe)?;
-            be.matmul_groups(&s.xe, &ex.up, &mut s.ue, &s.groups)?;
-            if let Some(b) = &ex.b_up {
-                be.add_bias(&mut s.ue, b)?;
-            }
-            match &ex.gate {
-                Some(g) => {
-                    be.matmul_groups(&s.xe, g, &mut s.ge, &s.groups)?;
-                    if let Some(b) = &ex.b_gate {
-                        be.add_bias(&mut s.ge, b)?;
-                    }
-                    be.glu(cfg.act, &mut s.ge, &s.ue)?;
-                    be.matmul_groups(&s.ge, &ex.down, &mut s.ye, &s.groups)?;
-                }
-                None => {
-                    be.glu(cfg.act, &mut s.ue, &s.ge)?;
-                    be.matmul_groups(&s.ue, &ex.down, &mut s.ye, &s.groups)?;
-                }
-            }
-            if let Some(b) = &ex.b_down {
-                be.add_bias(&mut s.ye, b)?;
-            }
-            be.scatter_rows(&s.ye, slots, &mut s.mix)?;
             begin = end;
         }
+        let nk = n * k;
+        let ff = cfg.n_ff;
+        s.xe.reshape(&[nk, e])?;
+        s.ue.reshape(&[nk, ff])?;
+        s.ge.reshape(&[nk, ff])?;
+        s.ye.reshape(&[nk, e])?;
+        s.mix.reshape(&[nk, e])?;
+        be.gather_rows(h, &s.tok, &mut s.xe)?;
+        let (w, b) = self.up.parts();
+        be.matmul_experts(&s.xe, w, b, &s.spans, &s.groups, &mut s.ue)?;
+        let act_out = match &self.gate {
+            Some(gate) => {
+                let (w, b) = gate.parts();
+                be.matmul_experts(&s.xe, w, b, &s.spans, &s.groups, &mut s.ge)?;
+                be.glu(cfg.act, &mut s.ge, &s.ue)?;
+                &s.ge
+            }
+            None => {
+                be.glu(cfg.act, &mut s.ue, &s.ge)?;
+                &s.ue
+            }
+        };
+        let (w, b) = self.down.parts();
+        be.matmul_experts(act_out, w, b, &s.spans, &s.groups, &mut s.ye)?;
+        // back to (token, slot) order, then each token's weighted sum in selection order
+        be.scatter_rows(&s.ye, &s.order[..nk], &mut s.mix)?;
         be.weighted_row_sum(&s.mix, &s.wts, k, out)?;
         if let Some(sh) = &self.shared {
             s.sh_out.reshape(&[n, e])?;

@@ -93,11 +93,10 @@ impl<'a> WeightLoader<'a> {
             return Ok(None);
         };
         let actual = t.shape();
-        let cols = *actual.last().unwrap_or(&1);
-        let rows: usize = if actual.len() > 1 {
-            actual[..actual.len() - 1].iter().product()
-        } else {
-            1
+        // a vector (a fused bias) splits by elements
+        let (rows, cols): (usize, usize) = match actual.len() {
+            1 => (actual[0], 1),
+            d => (actual[..d - 1].iter().product(), actual[d - 1]),
         };
         if let Some(want) = shape {
             if actual != want {

@@ -209,7 +209,7 @@ fn llama_with_experts_runs_the_moe_path() {
     rewrite_gguf(
         &f.model,
         &dst,
-        |_, v| Some(v.clone()),
+        |k, v| Some((k.to_string(), v.clone())),
         |g, name| {
             for p in ["gate", "up", "down"] {
                 if let Some(l) = name

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use engine_core::{
-    Activation, AttentionSpec, Backend, DType, HostBytes, Result, RopeSpec, SeqRun, SsmScanSpec,
-    Tensor, Weight,
+    Activation, AttentionSpec, Backend, DType, ExpertSpan, HostBytes, Result, RopeSpec, SeqRun,
+    SsmScanSpec, Tensor, Weight,
 };
 use engine_gguf::{GgufModel, GgufWriter};
 
@@ -19,7 +19,8 @@ pub struct MatmulCall {
     pub rows: usize,
 }
 
-/// Forwards everything to `inner` and records every matmul.
+/// Forwards everything to `inner` and records every matmul (an expert matmul as one call per
+/// expert it multiplies).
 pub struct CountingBackend {
     pub inner: Arc<dyn Backend>,
     pub calls: Mutex<Vec<MatmulCall>>,
@@ -83,6 +84,28 @@ impl Backend for CountingBackend {
             rows: x.rows(),
         });
         self.inner.matmul_groups(x, w, out, groups)
+    }
+    fn matmul_experts(
+        &self,
+        x: &Tensor,
+        weights: &[Weight],
+        biases: Option<&[Weight]>,
+        spans: &[ExpertSpan],
+        groups: &[u32],
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let mut calls = self.calls.lock().unwrap();
+        for s in spans {
+            let w = &weights[s.expert as usize];
+            calls.push(MatmulCall {
+                weight: w.name().to_string(),
+                bytes: w.dtype().row_bytes(w.cols()).unwrap_or(0) * w.rows(),
+                rows: s.rows as usize,
+            });
+        }
+        drop(calls);
+        self.inner
+            .matmul_experts(x, weights, biases, spans, groups, out)
     }
     fn add_bias(&self, x: &mut Tensor, bias: &Weight) -> Result<()> {
         self.inner.add_bias(x, bias)
@@ -195,21 +218,21 @@ pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// Writes a copy of `src` to `dst`: every metadata entry (through `meta`, which may change
-/// or drop it by returning `None`) and every tensor (through `tensor`, which returns the
-/// tensors to write in its place), then `extra_meta`.
+/// Writes a copy of `src` to `dst`: every metadata entry (through `meta`, which may rename
+/// or change it, or drop it by returning `None`) and every tensor (through `tensor`, which
+/// returns the tensors to write in its place), then `extra_meta`.
 pub fn rewrite_gguf(
     src: &Path,
     dst: &Path,
-    mut meta: impl FnMut(&str, &engine_gguf::Value) -> Option<engine_gguf::Value>,
+    mut meta: impl FnMut(&str, &engine_gguf::Value) -> Option<(String, engine_gguf::Value)>,
     mut tensor: impl FnMut(&GgufModel, &str) -> Vec<(String, DType, Vec<usize>, Vec<u8>)>,
     extra_meta: &[(&str, engine_gguf::Value)],
 ) {
     let g = GgufModel::open(src, false).unwrap();
     let mut w = GgufWriter::new();
     for (k, v) in g.metadata() {
-        if let Some(v) = meta(k, v) {
-            w.set(k, v);
+        if let Some((k, v)) = meta(k, v) {
+            w.set(&k, v);
         }
     }
     for (k, v) in extra_meta {
