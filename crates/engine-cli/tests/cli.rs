@@ -226,6 +226,50 @@ fn logits_command_matches_the_fixture() {
     assert!(fails.is_empty(), "{fails:?} {m:?}");
 }
 
+/// Every model of the architecture fixtures through `engine logits`, judged by the
+/// fixtures' own `tools/check_logits.py --all` (its tiers, its exit status).
+#[test]
+fn logits_command_passes_check_logits_for_every_fixture() {
+    let root = engine_testdata::fixtures_dir().join("arch");
+    let out_root = tmp("arch-logits");
+    let _ = std::fs::remove_dir_all(&out_root);
+    let mut n = 0;
+    for f in engine_testdata::logits::arch_fixtures(None) {
+        let ids: Vec<String> = f.tokens.iter().map(|t| t.to_string()).collect();
+        let dir = out_root.join(f.model.parent().unwrap().file_name().unwrap());
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = engine()
+            .args(["logits", "-m"])
+            .arg(&f.model)
+            .args(["--ids", &ids.join(","), "-o"])
+            .arg(dir.join(format!("logits_{}.f32", f.label)))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{} {}: {}",
+            f.arch,
+            f.label,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        n += 1;
+    }
+    assert!(n >= 23, "only {n} fixtures");
+    let out = engine_testdata::python_with_gguf()
+        .unwrap()
+        .arg(root.join("tools/check_logits.py"))
+        .arg("--all")
+        .arg(&root)
+        .arg(&out_root)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "check_logits.py failed:\n{report}");
+    assert_eq!(report.matches("PASS").count(), n, "{report}");
+    let _ = std::fs::remove_dir_all(&out_root);
+}
+
 #[test]
 fn tokenize_and_json_run_on_the_default_model() {
     let model = engine_testdata::gemma3_model().unwrap();

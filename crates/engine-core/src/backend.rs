@@ -122,6 +122,48 @@ pub struct AttentionSpec<'a> {
     pub queries: &'a [QueryPos],
 }
 
+/// One sequence's consecutive rows in a call to a recurrent-state operation
+/// ([`Backend::ssm_conv`], [`Backend::ssm_scan`]): the runs of a call cover its rows in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqRun {
+    /// Row of the state tensors holding this sequence's state.
+    pub slot: u32,
+    /// Number of consecutive rows (tokens) of this sequence.
+    pub len: u32,
+    /// The sequence starts here (position 0): its previous state is taken as zero.
+    pub fresh: bool,
+}
+
+/// One expert's consecutive rows in a [`Backend::matmul_experts`] call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpertSpan {
+    /// Index of the expert's weight.
+    pub expert: u32,
+    /// Number of consecutive rows multiplied by it.
+    pub rows: u32,
+}
+
+/// Shape and parameters of a Mamba-2 selective scan ([`Backend::ssm_scan`]).
+#[derive(Clone, Copy, Debug)]
+pub struct SsmScanSpec<'a> {
+    /// SSM heads (`ssm.time_step_rank`).
+    pub n_head: usize,
+    /// Channels per head (`ssm.inner_size / n_head`).
+    pub head_dim: usize,
+    /// State size per channel (`ssm.state_size`).
+    pub d_state: usize,
+    /// Groups sharing B and C (`ssm.group_count`); head `h` uses group `h / (n_head / n_group)`.
+    pub n_group: usize,
+    /// Per-head decay `A` (already negative), `[n_head]`.
+    pub a: &'a Weight,
+    /// Per-head skip `D`, `[n_head]`.
+    pub d: &'a Weight,
+    /// Per-head time-step bias, `[n_head]`.
+    pub dt_bias: &'a Weight,
+    /// The sequences, in row order.
+    pub runs: &'a [SeqRun],
+}
+
 /// A compute device. See the module documentation for conventions.
 pub trait Backend: Send + Sync {
     /// Short name, e.g. `CPU`.
@@ -172,6 +214,23 @@ pub trait Backend: Send + Sync {
     fn matmul_groups(&self, x: &Tensor, w: &Weight, out: &mut Tensor, groups: &[u32])
         -> Result<()>;
 
+    /// Mixture-of-experts matmul: the rows of `x` come in consecutive spans, span `i` holding
+    /// `spans[i].rows` rows for expert `spans[i].expert`, and each row is multiplied by its
+    /// expert's weight (all of one shape and type), plus its bias if `biases` is given:
+    /// `out[r] = x[r] @ weights[e]^T + biases[e]`. Only the named experts' weights are read.
+    /// `groups` are the independent row groups (sequence runs, each inside one span) as for
+    /// [`Backend::matmul_groups`], whose guarantee this shares: a group's results do not
+    /// depend on the other rows.
+    fn matmul_experts(
+        &self,
+        x: &Tensor,
+        weights: &[Weight],
+        biases: Option<&[Weight]>,
+        spans: &[ExpertSpan],
+        groups: &[u32],
+        out: &mut Tensor,
+    ) -> Result<()>;
+
     /// Adds a bias row (`[cols]`) to every row of `x`.
     fn add_bias(&self, x: &mut Tensor, bias: &Weight) -> Result<()>;
 
@@ -221,4 +280,62 @@ pub trait Backend: Send + Sync {
 
     /// Gathers rows: `dst[i] = src[rows[i]]`.
     fn gather_rows(&self, src: &Tensor, rows: &[u32], dst: &mut Tensor) -> Result<()>;
+
+    /// Scatters rows: `dst[rows[i]] = src[i]` (rows distinct).
+    fn scatter_rows(&self, src: &Tensor, rows: &[u32], dst: &mut Tensor) -> Result<()>;
+
+    /// Multiplies row `i` of `x` by `scales[i]` (one scale per row).
+    fn scale_rows(&self, x: &mut Tensor, scales: &[f32]) -> Result<()>;
+
+    /// Weighted sums of consecutive groups of `k` rows (mixing expert outputs):
+    /// `dst[t] = sum_j weights[t*k + j] * src[t*k + j]` for `j` in order `0..k`.
+    /// `src` is `[n*k, cols]`, `weights` holds `n*k` values, `dst` is `[n, cols]`.
+    fn weighted_row_sum(
+        &self,
+        src: &Tensor,
+        weights: &[f32],
+        k: usize,
+        dst: &mut Tensor,
+    ) -> Result<()>;
+
+    /// RMS-normalises every `group`-wide slice of each row separately, then multiplies by
+    /// `w` (`[x.cols()]`, one slice per group) if given: grouped RMS norm.
+    fn rms_norm_groups_inplace(
+        &self,
+        x: &mut Tensor,
+        w: Option<&Weight>,
+        group: usize,
+        eps: f32,
+    ) -> Result<()>;
+
+    /// Mamba's causal depthwise convolution over time, plus bias and SiLU:
+    /// `out[t, c] = silu(b[c] + sum_j w[c, j] * in[t - (d_conv - 1) + j, c])`, where inputs
+    /// before a run's first row come from that sequence's rolling state (zero when the run is
+    /// `fresh`). `x` and `out` are `[n, channels]`, `w` is `[channels, d_conv]`, `state` is
+    /// `[slots, (d_conv - 1) * channels]` holding the last `d_conv - 1` inputs oldest first;
+    /// it is updated to end at each run's last row. Runs are independent of each other.
+    fn ssm_conv(
+        &self,
+        x: &Tensor,
+        w: &Weight,
+        b: Option<&Weight>,
+        state: &mut Tensor,
+        runs: &[SeqRun],
+        out: &mut Tensor,
+    ) -> Result<()>;
+
+    /// Mamba-2 selective scan. `xbc` is `[n, d_inner + 2 * n_group * d_state]` laid out as
+    /// `[x | B | C]` (the convolution's output), `dt` is `[n, n_head]` before bias and
+    /// softplus, `state` is `[slots, n_head * head_dim * d_state]`, `y` is `[n, d_inner]`.
+    /// Per head `h` and token: `dt' = softplus(dt + dt_bias)`,
+    /// `s = s * exp(dt' * A) + dt' * x ⊗ B`, `y = s · C + D * x`; the state is updated to end
+    /// at each run's last row (zero before a `fresh` run).
+    fn ssm_scan(
+        &self,
+        xbc: &Tensor,
+        dt: &Tensor,
+        state: &mut Tensor,
+        spec: &SsmScanSpec,
+        y: &mut Tensor,
+    ) -> Result<()>;
 }

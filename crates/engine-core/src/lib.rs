@@ -14,7 +14,10 @@ pub mod error;
 pub mod quant;
 pub mod tensor;
 
-pub use backend::{Activation, AttentionSpec, Backend, QueryPos, RopeMode, RopeSpec};
+pub use backend::{
+    Activation, AttentionSpec, Backend, ExpertSpan, QueryPos, RopeMode, RopeSpec, SeqRun,
+    SsmScanSpec,
+};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use tensor::{DeviceBuffer, HostBytes, Shape, Tensor, Weight};

@@ -122,6 +122,23 @@ impl HostBytes {
         }
     }
 
+    /// A view of `len` bytes starting `start` bytes into this view (same owner, no copy);
+    /// fails if that is out of bounds. Used to address one part of a stacked tensor, e.g.
+    /// one expert of an MoE weight or the query rows of a fused QKV matrix.
+    pub fn slice(&self, start: usize, len: usize) -> Result<HostBytes> {
+        if start.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(Error::Shape(format!(
+                "byte range {start}+{len} is outside a view of {} bytes",
+                self.len
+            )));
+        }
+        Ok(HostBytes {
+            owner: self.owner.clone(),
+            start: self.start + start,
+            len,
+        })
+    }
+
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
         &(*self.owner).as_ref()[self.start..self.start + self.len]
@@ -268,5 +285,22 @@ impl Weight {
 impl fmt::Debug for Weight {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Weight({} {} {:?})", self.name, self.dtype, self.shape)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_bytes_slice_views_the_same_owner_and_checks_bounds() {
+        let h = HostBytes::from_vec((0u8..32).collect());
+        let a = h.slice(8, 16).unwrap();
+        assert_eq!(a.as_slice(), &(8u8..24).collect::<Vec<_>>()[..]);
+        let b = a.slice(4, 4).unwrap();
+        assert_eq!(b.as_slice(), &[12, 13, 14, 15]);
+        assert!(a.slice(10, 7).is_err());
+        assert!(a.slice(usize::MAX, 2).is_err());
+        assert!(a.slice(16, 0).unwrap().is_empty());
     }
 }

@@ -2,7 +2,8 @@
 //! (AVX2 or NEON, selected at run time, with a scalar fallback) and a thread pool.
 //!
 //! * [`kernels`]: the per-format dot products and activation conversion.
-//! * [`matmul`]: the single matrix-multiplication driver.
+//! * [`matmul`]: the matrix-multiplication driver (one weight, any format).
+//! * [`matmul_experts`]: the mixture-of-experts driver (many weights in one pass).
 //! * [`ops`]: normalisation, rope, activations, attention.
 //! * [`pool`]: the thread pool.
 //! * [`buffer`]: CPU storage for tensors and weights.
@@ -11,10 +12,12 @@
 // Kernels index several block arrays with one counter that mirrors the block layout.
 #![allow(clippy::needless_range_loop)]
 
+mod backend_ext;
 pub mod buffer;
 pub mod fma;
 pub mod kernels;
 pub mod matmul;
+pub mod matmul_experts;
 pub mod ops;
 pub mod pool;
 pub mod vecops;
@@ -23,7 +26,8 @@ use std::sync::{Arc, Mutex};
 
 use engine_core::tensor::{tensor_bytes, HostBytes, Shape};
 use engine_core::{
-    Activation, AttentionSpec, Backend, DType, Error, Result, RopeSpec, Tensor, Weight,
+    Activation, AttentionSpec, Backend, DType, Error, ExpertSpan, Result, RopeSpec, SeqRun,
+    SsmScanSpec, Tensor, Weight,
 };
 
 use buffer::{cpu, cpu_mut, cpu_weight, f32s, f32s_mut, CpuBuffer, CpuWeight};
@@ -243,6 +247,18 @@ impl Backend for CpuBackend {
         let os = f32s_mut(out)?;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         matmul::matmul(&self.pool, &kern, xs, n, k, ws, m, os, groups, &mut scratch)
+    }
+
+    fn matmul_experts(
+        &self,
+        x: &Tensor,
+        weights: &[Weight],
+        biases: Option<&[Weight]>,
+        spans: &[ExpertSpan],
+        groups: &[u32],
+        out: &mut Tensor,
+    ) -> Result<()> {
+        self.matmul_experts_impl(x, weights, biases, spans, groups, out)
     }
 
     fn add_bias(&self, x: &mut Tensor, bias: &Weight) -> Result<()> {
@@ -633,5 +649,56 @@ impl Backend for CpuBackend {
             d[i * cols..(i + 1) * cols].copy_from_slice(&s[r * cols..(r + 1) * cols]);
         }
         Ok(())
+    }
+
+    fn scatter_rows(&self, src: &Tensor, rows: &[u32], dst: &mut Tensor) -> Result<()> {
+        self.scatter_rows_impl(src, rows, dst)
+    }
+
+    fn scale_rows(&self, x: &mut Tensor, scales: &[f32]) -> Result<()> {
+        self.scale_rows_impl(x, scales)
+    }
+
+    fn weighted_row_sum(
+        &self,
+        src: &Tensor,
+        weights: &[f32],
+        k: usize,
+        dst: &mut Tensor,
+    ) -> Result<()> {
+        self.weighted_row_sum_impl(src, weights, k, dst)
+    }
+
+    fn rms_norm_groups_inplace(
+        &self,
+        x: &mut Tensor,
+        w: Option<&Weight>,
+        group: usize,
+        eps: f32,
+    ) -> Result<()> {
+        self.rms_norm_groups_inplace_impl(x, w, group, eps)
+    }
+
+    fn ssm_conv(
+        &self,
+        x: &Tensor,
+        w: &Weight,
+        b: Option<&Weight>,
+        state: &mut Tensor,
+        runs: &[SeqRun],
+        out: &mut Tensor,
+    ) -> Result<()> {
+        self.ssm_conv_impl(x, w, b, state, runs, out)
+    }
+
+    fn ssm_scan(
+        &self,
+        xbc: &Tensor,
+        dt: &Tensor,
+        state: &mut Tensor,
+        spec: &SsmScanSpec,
+        y: &mut Tensor,
+    ) -> Result<()> {
+        self.ssm_scan_impl(xbc, dt, state, spec, y)
     }
 }

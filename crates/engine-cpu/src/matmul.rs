@@ -74,63 +74,103 @@ pub fn matmul(
     pool.run(n_chunks, &|c| {
         let r0 = c * chunk;
         let r1 = (r0 + chunk).min(m);
-        let w_rows = &w[r0 * w_row..r1 * w_row];
-        // Consecutive columns computed by the same routine form one run, whatever batch
-        // group they belong to: a pair's result depends only on its routine.
-        let (mut g, mut g_start) = (0usize, 0usize);
-        let mut routine_of = |col: usize| {
-            while col >= g_start + groups[g] as usize {
-                g_start += groups[g] as usize;
-                g += 1;
-            }
-            // the routine this column would get if its group were a batch of its own
-            kern.select(m, groups[g] as usize, col - g_start)
+        // SAFETY: this task alone writes rows r0..r1 of every column.
+        unsafe {
+            multiply_rows(
+                kern,
+                m,
+                k,
+                &w[r0 * w_row..r1 * w_row],
+                r1 - r0,
+                acts,
+                a_row,
+                0..n,
+                groups,
+                op.at(r0),
+                m,
+            )
         };
-        let mut col = 0;
-        let mut current = routine_of(0);
-        while col < n {
-            let mut end = col + 1;
-            let mut next = None;
-            while end < n {
-                let r = routine_of(end);
-                if !r.same(&current) {
-                    next = Some(r);
-                    break;
-                }
-                end += 1;
+    });
+    Ok(())
+}
+
+/// Multiplies the `nr` weight rows `w_rows` (of a matrix of `m` rows, which picks the
+/// routines) with the activation columns `cols` (rows of
+/// `acts`, `a_row` bytes each) into `out[(j - cols.start) * ldo + i]`. `groups` partitions
+/// the columns from `cols.start` on into batch groups; each column gets the routine
+/// [`Kernel::select`] would give it in a batch of its own group alone, and consecutive
+/// columns with the same routine go through its many-rows `gemm` together (a pair's result
+/// depends only on its routine, never on its neighbours).
+///
+/// # Safety
+/// `out` must be valid for writes at every `(j - cols.start) * ldo + i`, `i < nr`, and no
+/// other thread may write those elements meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn multiply_rows(
+    kern: &Kernel,
+    m: usize,
+    k: usize,
+    w_rows: &[u8],
+    nr: usize,
+    acts: &[u8],
+    a_row: usize,
+    cols: std::ops::Range<usize>,
+    groups: &[u32],
+    out: *mut f32,
+    ldo: usize,
+) {
+    if cols.is_empty() {
+        return;
+    }
+    let w_row = w_rows.len() / nr;
+    let (mut g, mut g_start) = (0usize, cols.start);
+    let mut routine_of = |col: usize| {
+        while col >= g_start + groups[g] as usize {
+            g_start += groups[g] as usize;
+            g += 1;
+        }
+        kern.select(m, groups[g] as usize, col - g_start)
+    };
+    let mut col = cols.start;
+    let mut current = routine_of(col);
+    while col < cols.end {
+        let mut end = col + 1;
+        let mut next = None;
+        while end < cols.end {
+            let r = routine_of(end);
+            if !r.same(&current) {
+                next = Some(r);
+                break;
             }
-            let a = &acts[col * a_row..];
-            match current.gemm {
-                // SAFETY: this task alone writes rows r0..r1 of columns col..end; the
-                // routine came from the table for the detected instruction set.
-                Some(gemm) => unsafe {
-                    gemm(
-                        k,
-                        w_rows,
-                        r1 - r0,
-                        a,
-                        a_row,
-                        end - col,
-                        op.at(col * m + r0),
-                        m,
-                    )
-                },
-                None => {
-                    for j in col..end {
-                        let aj = &acts[j * a_row..(j + 1) * a_row];
-                        // SAFETY: this task alone writes out[j * m + r0 .. j * m + r1].
-                        let o = unsafe { op.slice(j * m + r0, r1 - r0) };
-                        for (i, r) in (r0..r1).enumerate() {
-                            o[i] = (current.dot)(k, &w[r * w_row..(r + 1) * w_row], aj);
-                        }
+            end += 1;
+        }
+        let o = out.add((col - cols.start) * ldo);
+        match current.gemm {
+            // SAFETY: the caller owns these outputs; the routine came from the table for
+            // the detected instruction set.
+            Some(gemm) => gemm(
+                k,
+                w_rows,
+                nr,
+                &acts[col * a_row..],
+                a_row,
+                end - col,
+                o,
+                ldo,
+            ),
+            None => {
+                for j in col..end {
+                    let aj = &acts[j * a_row..(j + 1) * a_row];
+                    let oj = o.add((j - col) * ldo);
+                    for i in 0..nr {
+                        *oj.add(i) = (current.dot)(k, &w_rows[i * w_row..(i + 1) * w_row], aj);
                     }
                 }
             }
-            col = end;
-            if let Some(r) = next {
-                current = r;
-            }
         }
-    });
-    Ok(())
+        col = end;
+        if let Some(r) = next {
+            current = r;
+        }
+    }
 }

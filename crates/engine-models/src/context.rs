@@ -1,8 +1,12 @@
-//! Per-session state: the KV cache (one slot of `n_ctx` positions per sequence), sequence
-//! lengths, and the model's preallocated scratch buffers.
+//! Per-session state: the memory of every layer for each sequence slot (a KV cache of
+//! `n_ctx` positions for attention layers, a rolling convolution state and an SSM state for
+//! recurrent layers), sequence lengths, and the model's preallocated scratch buffers.
 //!
 //! The cache row of position `p` of sequence `s` is `s * n_ctx + p`, so a sequence's keys
-//! are contiguous and attention needs only a base row and a position per query.
+//! are contiguous and attention needs only a base row and a position per query. Recurrent
+//! state is one row per sequence and summarises all of its tokens, so it can only continue
+//! at the sequence's length or restart at position 0: truncating or copying a part of a
+//! sequence is refused for models that have recurrent layers.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -49,12 +53,32 @@ pub struct LayerKv {
     pub v: Tensor,
 }
 
+/// Recurrent state of one Mamba layer, one F32 row per sequence slot.
+pub struct LayerRecurrent {
+    /// The last `d_conv - 1` convolution inputs, `[n_seq, (d_conv - 1) * channels]`.
+    pub conv: Tensor,
+    /// The SSM state, `[n_seq, d_inner * d_state]`.
+    pub ssm: Tensor,
+}
+
+/// What a layer keeps between forward passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerMemory {
+    /// Nothing (feed-forward-only layers).
+    None,
+    /// A KV cache with rows of these widths (keys, values).
+    Kv(usize, usize),
+    /// Recurrent state with rows of these widths (convolution, SSM).
+    Recurrent(usize, usize),
+}
+
 /// A model's mutable state for one or more sequences.
 pub struct Context {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) opts: ContextOptions,
     pub(crate) seq_len: Vec<usize>,
     pub(crate) kv: Vec<Option<LayerKv>>,
+    pub(crate) recurrent: Vec<Option<LayerRecurrent>>,
     pub(crate) scratch: Option<Box<dyn Any + Send>>,
     pub(crate) observer: Option<TensorObserver>,
     pub(crate) observe_buf: Vec<f32>,
@@ -62,11 +86,11 @@ pub struct Context {
 }
 
 impl Context {
-    /// Makes a context with a KV cache for the given layers (`None` = no cache for a layer).
+    /// Makes a context holding each layer's memory for `opts.n_seq` sequences.
     pub(crate) fn new(
         backend: Arc<dyn Backend>,
         opts: ContextOptions,
-        kv_widths: &[Option<(usize, usize)>],
+        memory: &[LayerMemory],
     ) -> Result<Context> {
         if opts.n_ctx == 0 || opts.n_seq == 0 || opts.n_batch == 0 {
             return Err(ModelError::Input("context sizes must be positive".into()));
@@ -81,14 +105,22 @@ impl Context {
             .n_ctx
             .checked_mul(opts.n_seq)
             .ok_or_else(|| ModelError::Input("context too large".into()))?;
-        let mut kv = Vec::with_capacity(kv_widths.len());
-        for w in kv_widths {
-            kv.push(match w {
-                Some((kw, vw)) => Some(LayerKv {
-                    k: backend.alloc(opts.kv_type, &[rows, *kw])?,
-                    v: backend.alloc(opts.kv_type, &[rows, *vw])?,
+        let mut kv = Vec::with_capacity(memory.len());
+        let mut recurrent = Vec::with_capacity(memory.len());
+        for m in memory {
+            kv.push(match *m {
+                LayerMemory::Kv(kw, vw) => Some(LayerKv {
+                    k: backend.alloc(opts.kv_type, &[rows, kw])?,
+                    v: backend.alloc(opts.kv_type, &[rows, vw])?,
                 }),
-                None => None,
+                _ => None,
+            });
+            recurrent.push(match *m {
+                LayerMemory::Recurrent(cw, sw) => Some(LayerRecurrent {
+                    conv: backend.alloc(DType::F32, &[opts.n_seq, cw])?,
+                    ssm: backend.alloc(DType::F32, &[opts.n_seq, sw])?,
+                }),
+                _ => None,
             });
         }
         Ok(Context {
@@ -97,21 +129,30 @@ impl Context {
             pending: Vec::with_capacity(opts.n_seq),
             opts,
             kv,
+            recurrent,
             scratch: None,
             observer: None,
             observe_buf: Vec::new(),
         })
     }
 
-    /// Bytes a KV cache of these sizes takes.
-    pub fn kv_bytes_for(opts: &ContextOptions, kv_widths: &[Option<(usize, usize)>]) -> u64 {
+    /// Bytes the layer memory (KV cache and recurrent state) of these sizes takes.
+    pub fn kv_bytes_for(opts: &ContextOptions, memory: &[LayerMemory]) -> u64 {
         let per_elem = opts.kv_type.type_size() as u64;
         let rows = (opts.n_ctx * opts.n_seq) as u64;
-        kv_widths
+        memory
             .iter()
-            .flatten()
-            .map(|(k, v)| rows * (*k + *v) as u64 * per_elem)
+            .map(|m| match *m {
+                LayerMemory::None => 0,
+                LayerMemory::Kv(k, v) => rows * (k + v) as u64 * per_elem,
+                LayerMemory::Recurrent(c, s) => opts.n_seq as u64 * (c + s) as u64 * 4,
+            })
             .sum()
+    }
+
+    /// True when some layer keeps recurrent state (then sequences cannot be partly rewound).
+    pub fn is_recurrent(&self) -> bool {
+        self.recurrent.iter().any(Option::is_some)
     }
 
     /// Installs (or removes) an observer of intermediate tensors. Observing copies every
@@ -151,21 +192,50 @@ impl Context {
         self.seq_len[seq]
     }
 
-    /// Forgets sequence `seq` (its slot can be reused at once).
+    /// Forgets sequence `seq` (its slot can be reused at once; a cancelled request). The next
+    /// batch for it starts at position 0, which also resets any recurrent state.
     pub fn clear_seq(&mut self, seq: usize) {
         self.seq_len[seq] = 0;
     }
 
     /// Keeps only the first `len` positions of `seq` (rollback after rejected drafts).
-    pub fn truncate_seq(&mut self, seq: usize, len: usize) {
+    /// Recurrent state cannot be rewound, so for models with recurrent layers only `len` 0
+    /// (a clear) or at least the current length is accepted.
+    pub fn truncate_seq(&mut self, seq: usize, len: usize) -> Result<()> {
+        if seq >= self.n_seq() {
+            return Err(ModelError::Input(format!(
+                "truncate_seq: sequence {seq} but the context has {} slots",
+                self.n_seq()
+            )));
+        }
+        if len != 0 && len < self.seq_len[seq] && self.is_recurrent() {
+            return Err(ModelError::Input(format!(
+                "cannot truncate sequence {seq} from {} to {len} tokens: recurrent layers keep \
+                 only the state after the last token (clear it and evaluate again instead)",
+                self.seq_len[seq]
+            )));
+        }
         self.seq_len[seq] = self.seq_len[seq].min(len);
+        Ok(())
     }
 
-    /// Copies the first `len` cached positions of `src` into `dst` (prefix reuse).
+    /// Copies the first `len` cached positions of `src` into `dst` (prefix reuse). With
+    /// recurrent layers the state is copied too, which is only possible for the whole
+    /// sequence (`len == seq_len(src)`) or nothing (`len == 0`).
     pub fn copy_prefix(&mut self, src: usize, dst: usize, len: usize) -> Result<()> {
         if src >= self.n_seq() || dst >= self.n_seq() || len > self.seq_len[src] {
             return Err(ModelError::Input(format!(
-                "copy_prefix {src}->{dst} of {len}"
+                "copy_prefix {src}->{dst} of {len} tokens: sequence {src} holds {} of {} slots",
+                self.seq_len.get(src).copied().unwrap_or(0),
+                self.n_seq()
+            )));
+        }
+        let whole = len == self.seq_len[src];
+        if self.is_recurrent() && len != 0 && !whole {
+            return Err(ModelError::Input(format!(
+                "cannot copy the first {len} of {} tokens of sequence {src}: recurrent layers \
+                 keep only the state after the last token, so only a whole sequence can be copied",
+                self.seq_len[src]
             )));
         }
         if src != dst {
@@ -175,6 +245,12 @@ impl Context {
                     .kv_copy(&mut l.k, src * n_ctx, dst * n_ctx, len)?;
                 self.backend
                     .kv_copy(&mut l.v, src * n_ctx, dst * n_ctx, len)?;
+            }
+            if len > 0 {
+                for r in self.recurrent.iter_mut().flatten() {
+                    self.backend.kv_copy(&mut r.conv, src, dst, 1)?;
+                    self.backend.kv_copy(&mut r.ssm, src, dst, 1)?;
+                }
             }
         }
         self.seq_len[dst] = len;
@@ -187,14 +263,19 @@ impl Context {
         used as f64 / (self.opts.n_ctx * self.opts.n_seq) as f64
     }
 
-    /// Bytes held by the KV cache.
+    /// Bytes held by the KV cache and the recurrent state.
     pub fn kv_bytes(&self) -> u64 {
         Self::kv_bytes_for(
             &self.opts,
             &self
                 .kv
                 .iter()
-                .map(|l| l.as_ref().map(|l| (l.k.cols(), l.v.cols())))
+                .zip(&self.recurrent)
+                .map(|(k, r)| match (k, r) {
+                    (Some(k), _) => LayerMemory::Kv(k.k.cols(), k.v.cols()),
+                    (_, Some(r)) => LayerMemory::Recurrent(r.conv.cols(), r.ssm.cols()),
+                    _ => LayerMemory::None,
+                })
                 .collect::<Vec<_>>(),
         )
     }
@@ -207,6 +288,7 @@ impl Context {
             return Err(ModelError::Input("batch arrays differ in length".into()));
         }
         self.pending.clear();
+        let recurrent = self.is_recurrent();
         for i in 0..n {
             let (t, p, s) = (batch.tokens[i], batch.pos[i] as usize, batch.seq[i]);
             if t as usize >= n_vocab {
@@ -237,10 +319,17 @@ impl Context {
                     len
                 }
                 None => {
-                    if p > self.seq_len[s as usize] {
+                    let have = self.seq_len[s as usize];
+                    if p > have {
                         return Err(ModelError::Input(format!(
-                            "sequence {s}: position {p} leaves a gap after {} cached tokens",
-                            self.seq_len[s as usize]
+                            "sequence {s}: position {p} leaves a gap after {have} cached tokens"
+                        )));
+                    }
+                    if p != have && p != 0 && recurrent {
+                        return Err(ModelError::Input(format!(
+                            "sequence {s}: cannot resume at position {p} of {have}: recurrent \
+                             layers hold only the state after the last token (continue at \
+                             {have} or restart at 0)"
                         )));
                     }
                     self.pending.push((s, p));

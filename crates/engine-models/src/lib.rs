@@ -3,8 +3,10 @@
 //!
 //! * [`hparams`]: hyperparameters from GGUF metadata.
 //! * [`weights`]: loading named tensors with shape checks.
-//! * [`batch`], [`context`]: inputs and per-session state (KV cache, scratch).
-//! * [`decoder`]: the shared dense decoder forward pass.
+//! * [`batch`], [`context`]: inputs and per-session state (KV cache, recurrent state,
+//!   scratch).
+//! * [`decoder`]: the one forward-pass driver (attention or Mamba-2 mixers, dense or MoE
+//!   feed-forward), with [`ffn`], [`moe`] and [`mamba`] for its parts.
 //! * [`arch`]: the families and the registry ([`load`]).
 
 #![warn(missing_docs)]
@@ -14,7 +16,10 @@ pub mod batch;
 pub mod context;
 pub mod decoder;
 pub mod error;
+pub mod ffn;
 pub mod hparams;
+pub mod mamba;
+pub mod moe;
 pub mod weights;
 
 use std::sync::Arc;
@@ -23,11 +28,22 @@ use engine_core::Backend;
 use engine_gguf::GgufModel;
 
 pub use batch::Batch;
-pub use context::{Context, ContextOptions};
+pub use context::{Context, ContextOptions, LayerMemory};
 pub use error::{ModelError, Result};
 
 /// Architectures this build implements, as `general.architecture` names them.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["gemma3", "llama", "qwen2", "qwen3"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "gemma3",
+    "glm4moe",
+    "gpt-oss",
+    "llama",
+    "mistral3",
+    "nemotron_h",
+    "phi3",
+    "qwen2",
+    "qwen3",
+    "qwen3moe",
+];
 
 /// Facts about a loaded model.
 #[derive(Clone, Debug)]
@@ -42,11 +58,11 @@ pub struct ModelInfo {
     pub n_ctx_train: usize,
     /// Residual width.
     pub n_embd: usize,
-    /// Blocks.
+    /// Blocks run by the forward pass.
     pub n_layer: usize,
-    /// Query heads (first layer).
+    /// Query heads (first attention layer).
     pub n_head: usize,
-    /// Key/value heads (first layer).
+    /// Key/value heads (first attention layer).
     pub n_head_kv: usize,
     /// Parameters in the file.
     pub n_params: u64,
@@ -59,7 +75,7 @@ pub struct ModelInfo {
 pub struct MemoryEstimate {
     /// Weights.
     pub weights: u64,
-    /// KV cache (and recurrent state).
+    /// KV cache and recurrent state.
     pub kv_cache: u64,
     /// Activation scratch.
     pub scratch: u64,
@@ -77,7 +93,8 @@ pub trait Model: Send + Sync {
     /// Facts about the model.
     fn info(&self) -> &ModelInfo;
 
-    /// Allocates per-session state (KV cache for `opts.n_seq` sequences of `opts.n_ctx`).
+    /// Allocates per-session state (KV cache for `opts.n_seq` sequences of `opts.n_ctx`, and
+    /// recurrent state for models with Mamba layers).
     fn new_context(&self, opts: ContextOptions) -> Result<Context>;
 
     /// Memory needed for a context of these sizes, before allocating it.
@@ -111,9 +128,13 @@ pub fn load(gguf: &GgufModel, backend: Arc<dyn Backend>) -> Result<Box<dyn Model
                 .unwrap_or_default()
         });
     Ok(match arch.as_str() {
-        "llama" => Box::new(arch::llama::load(gguf, backend, name)?),
-        "qwen2" | "qwen3" => Box::new(arch::qwen::load(gguf, backend, &arch, name)?),
+        "llama" | "mistral3" => Box::new(arch::llama::load(gguf, backend, &arch, name)?),
+        "qwen2" | "qwen3" | "qwen3moe" => Box::new(arch::qwen::load(gguf, backend, &arch, name)?),
         "gemma3" => Box::new(arch::gemma3::load(gguf, backend, name)?),
+        "gpt-oss" => Box::new(arch::gpt_oss::load(gguf, backend, name)?),
+        "phi3" => Box::new(arch::phi3::load(gguf, backend, name)?),
+        "glm4moe" => Box::new(arch::glm4moe::load(gguf, backend, name)?),
+        "nemotron_h" => Box::new(arch::nemotron_h::load(gguf, backend, name)?),
         _ => {
             return Err(ModelError::UnknownArchitecture {
                 arch,

@@ -9,7 +9,9 @@ use engine::{Batch, ContextOptions, LoadOptions, Model};
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let path = args.next().expect("usage: batch_decode MODEL.gguf [STEPS] [THREADS]");
+    let path = args
+        .next()
+        .expect("usage: batch_decode MODEL.gguf [STEPS] [THREADS]");
     let steps: usize = args.next().map(|s| s.parse().unwrap()).unwrap_or(64);
     let threads: usize = args.next().map(|s| s.parse().unwrap()).unwrap_or(0);
     let model = Model::load(

@@ -22,7 +22,8 @@ impl StreamDecoder {
     pub fn new(render_special: bool) -> Self {
         StreamDecoder {
             render_special,
-            pending: Vec::new(),
+            // room for any ordinary token piece, so streaming does not allocate per token
+            pending: Vec::with_capacity(64),
         }
     }
 

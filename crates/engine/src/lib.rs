@@ -25,11 +25,13 @@
 //! * [`sampling`]: the sampler.
 //! * [`memory`]: memory estimates and the refusal to overcommit.
 //! * [`stop`]: stop strings in streamed text.
+//! * [`harmony`]: the GPT-OSS (harmony) chat format: rendering and reply parsing.
 
 #![warn(missing_docs)]
 
 pub mod bench;
 pub mod error;
+pub mod harmony;
 pub mod memory;
 pub mod model;
 pub mod sampling;

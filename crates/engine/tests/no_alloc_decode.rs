@@ -1,9 +1,13 @@
 //! The decode loop allocates nothing per token: a counting global allocator observes the
 //! allocations made between the 8th and the 40th generated token of a greedy generation and
-//! of a sampled one (penalties and truncation samplers on).
+//! of a sampled one (penalties and truncation samplers on), for a dense model, MoE models
+//! (expert routing and grouping) and a hybrid Mamba-2 model (recurrent state).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+// The counter is global: this binary holds this one test only, so that nothing else (other
+// tests, the harness reporting them) allocates while it counts.
 
 struct Counting;
 
@@ -33,7 +37,19 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn no_allocation_per_decoded_token() {
-    let path = engine_testdata::fixtures_dir().join("arch/llama/llama-Q4_K_M.gguf");
+    for file in [
+        "llama/llama-Q4_K_M.gguf",
+        "qwen3moe/qwen3moe-Q4_K_M.gguf",
+        "gpt-oss/gpt-oss-MXFP4.gguf",
+        "glm4moe/glm4moe-F32.gguf",
+        "nemotron_h/nemotron_h-F32.gguf",
+    ] {
+        decode_without_allocating(file);
+    }
+}
+
+fn decode_without_allocating(file: &str) {
+    let path = engine_testdata::fixtures_dir().join("arch").join(file);
     let model = engine::Model::load(
         &path,
         &engine::LoadOptions {
@@ -61,7 +77,7 @@ fn no_allocation_per_decoded_token() {
         let mut session = model.session().unwrap();
         let mut n = 0;
         let mut during = 0;
-        session
+        let out = session
             .generate(
                 &engine::Prompt::Tokens(vec![1, 50, 60, 70]),
                 &params,
@@ -79,46 +95,10 @@ fn no_allocation_per_decoded_token() {
                 },
             )
             .unwrap();
-        assert_eq!(n, 48);
+        assert_eq!(out.ids.len(), 48);
         assert_eq!(
             during, 0,
-            "{during} allocations during 32 decode steps with {sampling:?}"
-        );
-    }
-}
-
-#[test]
-fn hidden_states_match_the_logits() {
-    // The logits are the output projection of the hidden states: check one row by hand.
-    let path = engine_testdata::fixtures_dir().join("arch/qwen2/qwen2-F32.gguf");
-    let model = engine::Model::load(
-        &path,
-        &engine::LoadOptions {
-            threads: 1,
-            n_ctx: 64,
-            kv_type: engine::DType::F32,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let ids = [1u32, 20, 30, 40];
-    let mut s = model.session().unwrap();
-    let hidden = s.hidden_states(&ids).unwrap();
-    let logits = s.logits_all(&ids).unwrap();
-    let e = model.info().n_embd;
-    let nv = model.info().n_vocab;
-    assert_eq!(hidden.len(), ids.len() * e);
-    let g = model.gguf();
-    let t = g.tensor("token_embd.weight").unwrap();
-    let w = engine_core::quant::dequantize_to_vec(t.dtype, g.tensor_data(t).as_slice(), nv * e)
-        .unwrap();
-    let last = &hidden[3 * e..4 * e];
-    for v in [0usize, 7, nv - 1] {
-        let want: f32 = (0..e).map(|i| last[i] * w[v * e + i]).sum();
-        assert!(
-            (want - logits[3 * nv + v]).abs() < 1e-3,
-            "vocab {v}: {want} vs {}",
-            logits[3 * nv + v]
+            "{file}: {during} allocations during 32 decode steps with {sampling:?}"
         );
     }
 }

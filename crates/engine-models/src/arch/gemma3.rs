@@ -9,7 +9,9 @@ use engine_core::{Activation, Backend, RopeMode};
 use engine_gguf::GgufModel;
 
 use crate::arch::swa_layers;
-use crate::decoder::{Decoder, DecoderConfig, LayerConfig};
+use crate::decoder::{
+    AttnConfig, Decoder, DecoderConfig, FfnConfig, LayerConfig, MixerConfig, RopeConfig,
+};
 use crate::error::Result;
 use crate::hparams::HParams;
 
@@ -25,21 +27,26 @@ pub fn load(g: &GgufModel, backend: Arc<dyn Backend>, name: String) -> Result<De
     let base_swa = g
         .get_f32(&format!("{arch}.rope.freq_base_swa"))?
         .unwrap_or(10000.0);
+    let global = RopeConfig::from_hparams(&hp, RopeMode::Neox);
     let layers = local
         .iter()
         .map(|&is_local| {
-            if is_local {
-                LayerConfig {
-                    rope_base: base_swa,
-                    rope_scale: 1.0,
-                    window: Some(hp.sliding_window as u32),
-                }
+            let (rope, window) = if is_local {
+                let rope = RopeConfig {
+                    base: base_swa,
+                    scale: 1.0,
+                    ..global
+                };
+                (rope, Some(hp.sliding_window as u32))
             } else {
-                LayerConfig {
-                    rope_base: hp.rope_base,
-                    rope_scale: hp.rope_freq_scale,
-                    window: None,
-                }
+                (global, None)
+            };
+            LayerConfig {
+                mixer: MixerConfig::Attention(AttnConfig {
+                    rope: Some(rope),
+                    window,
+                }),
+                ffn: FfnConfig::Dense,
             }
         })
         .collect();
@@ -60,5 +67,6 @@ pub fn load(g: &GgufModel, backend: Arc<dyn Backend>, name: String) -> Result<De
     cfg.q_prescale = Some(q_scale);
     cfg.act = Activation::GeluTanh;
     cfg.final_softcap = final_softcap;
+    cfg.post_norms = true;
     Decoder::load(g, backend, cfg, name)
 }

@@ -2,7 +2,11 @@
 //! builds a model from the shared pieces. The registry maps `general.architecture` to them.
 
 pub mod gemma3;
+pub mod glm4moe;
+pub mod gpt_oss;
 pub mod llama;
+pub mod nemotron_h;
+pub mod phi3;
 pub mod qwen;
 
 use engine_gguf::GgufModel;

@@ -269,7 +269,14 @@ impl Scheduler {
                     } else {
                         (lru, 0)
                     };
-                    self.ctx.truncate_seq(slot, reuse);
+                    // recurrent layers cannot rewind to a shorter prefix: start afresh
+                    let reuse = match self.ctx.truncate_seq(slot, reuse) {
+                        Ok(()) => reuse,
+                        Err(_) => {
+                            self.ctx.clear_seq(slot);
+                            0
+                        }
+                    };
                     self.slots[slot].cached.truncate(reuse);
                     debug_assert_eq!(self.ctx.seq_len(slot), self.slots[slot].cached.len());
                     let m = &self.metrics;
