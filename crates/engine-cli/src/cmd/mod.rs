@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod inspect;
 pub mod logits;
+pub mod perplexity;
 pub mod run;
 pub mod serve;
 pub mod store;
