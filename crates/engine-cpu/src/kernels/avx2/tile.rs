@@ -155,33 +155,52 @@ unsafe fn tiles<F: BlockDot, S: Source<F>, const R: usize, const C: usize>(
     out: *mut f32,
     ldo: usize,
 ) {
-    let (full_r, full_c) = (nr - nr % R, nc - nc % C);
+    let full_c = nc - nc % C;
     let mut c = 0;
     while c < full_c {
-        let (ac, oc) = (a.add(c * a_row), out.add(c * ldo));
-        let mut r = 0;
-        while r < full_r {
-            tile::<F, S, R, C>(nb, w.skip(r), ac, a_row, oc.add(r), ldo);
-            r += R;
-        }
-        while r < nr {
-            tile::<F, S, 1, C>(nb, w.skip(r), ac, a_row, oc.add(r), ldo);
-            r += 1;
-        }
+        columns::<F, S, R, C>(nb, w, nr, a.add(c * a_row), a_row, out.add(c * ldo), ldo);
         c += C;
     }
-    while c < nc {
-        let (ac, oc) = (a.add(c * a_row), out.add(c * ldo));
-        let mut r = 0;
-        while r < full_r {
-            tile::<F, S, R, 1>(nb, w.skip(r), ac, a_row, oc.add(r), ldo);
-            r += R;
+    // The last columns as one thinner tile, so the weights are read once for all of them
+    // (a decode batch of a few sequences is exactly this case).
+    let (ac, oc) = (a.add(c * a_row), out.add(c * ldo));
+    match nc - c {
+        0 => {}
+        1 => columns::<F, S, R, 1>(nb, w, nr, ac, a_row, oc, ldo),
+        2 => columns::<F, S, R, 2>(nb, w, nr, ac, a_row, oc, ldo),
+        3 => columns::<F, S, R, 3>(nb, w, nr, ac, a_row, oc, ldo),
+        4 => columns::<F, S, R, 4>(nb, w, nr, ac, a_row, oc, ldo),
+        5 => columns::<F, S, R, 5>(nb, w, nr, ac, a_row, oc, ldo),
+        _ => {
+            // wider tiles than six columns are not used; keep it correct anyway
+            for j in c..nc {
+                let (aj, oj) = (a.add(j * a_row), out.add(j * ldo));
+                columns::<F, S, R, 1>(nb, w, nr, aj, a_row, oj, ldo);
+            }
         }
-        while r < nr {
-            tile::<F, S, 1, 1>(nb, w.skip(r), ac, a_row, oc.add(r), ldo);
-            r += 1;
-        }
-        c += 1;
+    }
+}
+
+/// All `nr` rows against exactly `C` columns, in `R`-row tiles and single rows at the end.
+#[inline(always)]
+unsafe fn columns<F: BlockDot, S: Source<F>, const R: usize, const C: usize>(
+    nb: usize,
+    w: S,
+    nr: usize,
+    a: *const u8,
+    a_row: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let full_r = nr - nr % R;
+    let mut r = 0;
+    while r < full_r {
+        tile::<F, S, R, C>(nb, w.skip(r), a, a_row, out.add(r), ldo);
+        r += R;
+    }
+    while r < nr {
+        tile::<F, S, 1, C>(nb, w.skip(r), a, a_row, out.add(r), ldo);
+        r += 1;
     }
 }
 
