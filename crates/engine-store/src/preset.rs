@@ -398,9 +398,11 @@ pub fn parse_models_file(text: &str, base: &Path) -> std::result::Result<Vec<Ser
             Some(toml::Value::String(s)) => Some(s),
             Some(toml::Value::Integer(i)) => Some(i.to_string()),
             Some(toml::Value::Float(f)) => Some(f.to_string()),
-            Some(other) => return Err(format!(
+            Some(other) => {
+                return Err(format!(
                 "models.\"{name}\": keep_alive must be a duration string or seconds, got {other}"
-            )),
+            ))
+            }
         };
         let preset = Preset {
             aliases: e.aliases,
