@@ -25,16 +25,20 @@ enum Command {
     Tokenize(cmd::tokenize::TokenizeArgs),
     /// Evaluate token ids and write the logits of every position (raw little-endian f32).
     Logits(cmd::logits::LogitsArgs),
-    /// Install a model into the local store.
+    /// Install a model into the local store (a known name, hf:ORG/REPO[/FILE], or a URL).
     Pull(cmd::store::PullArgs),
-    /// List installed models.
+    /// List installed models and presets.
     List(cmd::store::ListArgs),
-    /// Remove an installed model.
+    /// Remove an installed model or preset.
     Rm(cmd::store::RmArgs),
+    /// Create a model from an Ollama Modelfile (a preset over a store model, or an import).
+    Create(cmd::store::CreateArgs),
+    /// Show an installed model's details and Modelfile.
+    Show(cmd::store::ShowArgs),
     /// Measure prompt-processing and generation speed (llama-bench's flags and tables).
     Bench(cmd::bench::BenchArgs),
     /// Serve the model over HTTP (OpenAI- and Ollama-compatible APIs).
-    Serve(cmd::serve::ServeArgs),
+    Serve(Box<cmd::serve::ServeArgs>),
 }
 
 /// llama.cpp's tools spell some long options with one dash (`-pg`, `-ub`, `-ctk`); accept
@@ -103,8 +107,10 @@ fn main() {
         Command::Pull(a) => cmd::store::pull(a),
         Command::List(a) => cmd::store::list(a),
         Command::Rm(a) => cmd::store::rm(a),
+        Command::Create(a) => cmd::store::create(a),
+        Command::Show(a) => cmd::store::show(a),
         Command::Bench(a) => cmd::bench::run(a),
-        Command::Serve(a) => cmd::serve::run(a),
+        Command::Serve(a) => cmd::serve::run(*a),
     });
     match result {
         Ok(Ok(())) => {}

@@ -28,7 +28,7 @@ pub fn estimate(path: &Path, opts: &LoadOptions) -> Result<(MemoryEstimate, usiz
     let ctx = ContextOptions {
         n_ctx,
         n_seq: opts.n_seq.max(1),
-        n_batch: opts.n_batch.clamp(1, n_ctx.max(1)),
+        n_batch: opts.n_batch.max(1),
         kv_type: opts.kv_type,
     };
     Ok((model.memory_estimate(&ctx), n_ctx))
