@@ -376,7 +376,7 @@ impl Store {
                         .iter()
                         .any(|(n, b)| *n == sanitize(name) && *b == 0)
                     {
-                        let _ = std::fs::remove_dir_all(&partial);
+                        self.drop_partial(&partial);
                     }
                     return Err(e);
                 }
@@ -385,7 +385,7 @@ impl Store {
             let sha_ok = f.sha256.as_ref().is_none_or(|s| *s == got.sha256);
             if !size_ok || !sha_ok {
                 // bytes that do not verify are never kept
-                let _ = std::fs::remove_dir_all(&partial);
+                self.drop_partial(&partial);
                 return Err(StoreError::Checksum {
                     what: format!(
                         "{} ({} bytes{})",
@@ -419,7 +419,7 @@ impl Store {
                 Ok(x) => x,
                 Err(problem) => {
                     // not a model at all (an error page, a wrong URL): nothing worth resuming
-                    let _ = std::fs::remove_dir_all(&partial);
+                    self.drop_partial(&partial);
                     return Err(StoreError::Invalid {
                         what: format!("download from {}", plan.source),
                         problem: format!("not a usable GGUF file: {problem}"),
@@ -452,7 +452,7 @@ impl Store {
         })();
         let _ = std::fs::remove_dir_all(&staged);
         if result.is_ok() {
-            let _ = std::fs::remove_dir_all(&partial);
+            self.drop_partial(&partial);
         }
         result
     }
@@ -681,6 +681,12 @@ impl Store {
         std::fs::rename(&dir, &trash).map_err(io_err(&dir))?;
         std::fs::remove_dir_all(&trash).map_err(io_err(&trash))?;
         Ok(true)
+    }
+
+    /// Removes a download's work directory, and `.partial` itself once empty.
+    fn drop_partial(&self, partial: &Path) {
+        let _ = std::fs::remove_dir_all(partial);
+        let _ = std::fs::remove_dir(self.root.join(".partial"));
     }
 
     /// Bytes of interrupted downloads kept for resuming, per model name.
