@@ -255,6 +255,15 @@ mod tests {
         assert_eq!(c.ctx_size, Some(8192));
         assert_eq!(c.api_key.unwrap().into_vec(), vec!["a", "b"]);
         assert_eq!(c.alias.unwrap().into_vec(), vec!["g"]);
+        let c: FileConfig = toml::from_str(
+            "models = \"/etc/engine/models.toml\"\nmax-memory = \"8g\"\nkeep-alive = \"10m\"\nmax-models = 2\nload-timeout = 60\n",
+        )
+        .unwrap();
+        assert_eq!(c.models.unwrap().to_str(), Some("/etc/engine/models.toml"));
+        assert_eq!(c.max_memory.as_deref(), Some("8g"));
+        assert_eq!(c.keep_alive, Some(toml::Value::String("10m".into())));
+        assert_eq!(c.max_models, Some(2));
+        assert_eq!(c.load_timeout, Some(60));
         assert!(toml::from_str::<FileConfig>("ctx_sizee = 1").is_err());
         assert!(toml::from_str::<FileConfig>("port = \"x\"").is_err());
         assert_eq!("none".parse::<ReasoningFormat>(), Ok(ReasoningFormat::None));
