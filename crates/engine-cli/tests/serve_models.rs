@@ -278,6 +278,11 @@ fn a_modelfile_system_prompt_changes_the_greedy_chat() {
         .unwrap()
         .clone();
     assert_eq!(elroy["context_length"], 1024);
+    drop(s);
+    // `engine serve -m PRESET` serves the one preset with its settings, llama-server style
+    let s = Server::start_with(&["-m", "base-elroy", "-np", "1"], &env);
+    assert_eq!(chat(&s, "base-elroy", q.clone(), json!({})), with_preset);
+    assert_eq!(s.get("/api/ps").json()["models"][0]["context_length"], 1024);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

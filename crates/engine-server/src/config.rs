@@ -74,6 +74,8 @@ pub struct ServerConfig {
     /// The models served, loaded on demand (`engine serve` without `-m`). Empty: serve the
     /// one model at `model_path`, loaded at startup and kept, as llama-server does.
     pub models: Vec<ModelSpec>,
+    /// Settings of the `-m` model when it is a store preset (system prompt, parameters, ...).
+    pub preset: Preset,
     /// Memory for loaded models together (weights + KV cache + compute buffers, as
     /// estimated before loading), `--max-memory`. `None`: the memory available at startup.
     pub max_memory: Option<u64>,
@@ -134,6 +136,7 @@ impl ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             retry_after_secs: 2,
             models: Vec::new(),
+            preset: Preset::default(),
             max_memory: None,
             keep_alive: None,
             max_models: 0,

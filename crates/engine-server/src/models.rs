@@ -377,7 +377,7 @@ impl Registry {
             vec![ModelSpec {
                 name: cfg.names.first().cloned().unwrap_or_default(),
                 path: cfg.model_path.clone(),
-                preset: Default::default(),
+                preset: cfg.preset.clone(),
                 origin: cfg.model_path.display().to_string(),
                 digest: None,
             }]
@@ -390,6 +390,7 @@ impl Registry {
             if single {
                 // llama-server's way: --alias, the -m name, the file stem, general.name
                 names.extend(cfg.names.iter().cloned());
+                names.extend(spec.preset.aliases.iter().cloned());
                 if let Some(stem) = spec.path.file_stem() {
                     names.push(stem.to_string_lossy().into_owned());
                 }

@@ -216,8 +216,21 @@ pub fn config(a: ServeArgs) -> Result<ServerConfig> {
         .or(f.device.clone())
         .unwrap_or_else(|| "cpu".into());
     let mut cfg = ServerConfig::new(path);
-    if spec.is_none() {
-        cfg.models = served_models(models_file.as_deref())?;
+    match &spec {
+        None => cfg.models = served_models(models_file.as_deref())?,
+        Some(s) if !std::path::Path::new(s).is_file() => {
+            // a store preset served with -m keeps its settings
+            let store = Store::open_default()?;
+            if let Some(m) = store.get(s)? {
+                cfg.preset = store.effective_preset(&m)?;
+                if let Some(n) = cfg.preset.num_ctx {
+                    if ctx_total > 0 {
+                        tracing::info!(num_ctx = n, "the preset's num_ctx replaces -c");
+                    }
+                }
+            }
+        }
+        Some(_) => {}
     }
     if let Some(m) = a.max_memory.clone().or(f.max_memory.clone()) {
         let bytes = engine::memory::parse_size(&m).map_err(anyhow::Error::msg)?;
