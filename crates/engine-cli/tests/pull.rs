@@ -441,7 +441,14 @@ fn hugging_face_sources_use_the_hub_listing_digests_and_token() {
         json!({"type": "file", "path": "tiny-Q4_0.gguf", "size": q4.len(),
         "lfs": {"oid": sha256(&q4), "size": q4.len()}}),
     );
-    srv.add(&format!("/{repo}/resolve/main/tiny-Q4_0.gguf"), q4.clone());
+    // this file is served the Hub's way: a redirect to a storage host (another server) that
+    // needs no token and must not be sent one
+    let cdn = FileServer::start();
+    cdn.add("/blobs/q4", q4.clone());
+    srv.redirect(
+        &format!("/{repo}/resolve/main/tiny-Q4_0.gguf"),
+        &cdn.url("/blobs/q4"),
+    );
     srv.add_json(&format!("/api/models/{repo}/tree/main"), &json!(listing));
     // a repository whose Hub digest does not match what is served
     srv.add_json(
@@ -486,7 +493,7 @@ fn hugging_face_sources_use_the_hub_listing_digests_and_token() {
     assert!(srv
         .log()
         .iter()
-        .filter(|l| l.status == 200 || l.status == 206)
+        .filter(|l| l.status == 200 || l.status == 206 || l.status == 302)
         .all(|l| l.authorization.as_deref() == Some("Bearer hf_test_token")));
     // the split set loads from the store and computes what the single file computes
     assert_eq!(
@@ -499,6 +506,16 @@ fn hugging_face_sources_use_the_hub_listing_digests_and_token() {
         tok,
     ));
     assert_eq!(listed(&store), vec!["q4", "tiny-q8_0"]);
+    let blob = cdn.requests("/blobs/q4");
+    assert_eq!(blob.len(), 1, "{blob:?}");
+    assert_eq!(
+        blob[0].authorization, None,
+        "the token must not leave the Hub's host"
+    );
+    assert_eq!(
+        srv.requests(&format!("/{repo}/resolve/main/tiny-Q4_0.gguf"))[0].authorization,
+        tok.map(|t| format!("Bearer {t}"))
+    );
     // a digest from the Hub that does not match: refused, nothing installed
     failed(&hf(&["hf:org/bad-GGUF"], tok), "checksum mismatch");
     assert_eq!(listed(&store), vec!["q4", "tiny-q8_0"]);

@@ -22,9 +22,13 @@ use crate::{io_err, Result, StoreError};
 /// Transport failures in a row (without any byte of progress) before giving up.
 const MAX_ATTEMPTS: u32 = 6;
 
+/// Redirects followed before giving up.
+const MAX_REDIRECTS: usize = 10;
+
 /// An HTTP agent with the store's settings: no automatic decompression (bytes are hashed as
-/// served), status codes returned rather than raised, and timeouts that catch a stalled
-/// connection without limiting a long download.
+/// served), status codes returned rather than raised, redirects left to [`get`] (which keeps
+/// a token only on the same origin), and timeouts that catch a stalled connection without
+/// limiting a long download.
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -32,6 +36,7 @@ pub fn agent() -> ureq::Agent {
         .timeout_recv_response(Some(Duration::from_secs(120)))
         .timeout_per_read(Some(Duration::from_secs(120)))
         .user_agent(format!("engine/{}", env!("CARGO_PKG_VERSION")))
+        .max_redirects(0)
         .build()
         .into()
 }
@@ -128,6 +133,62 @@ fn content_range(v: &str) -> Option<(Option<u64>, Option<u64>)> {
         Some(range.split_once('-')?.0.trim().parse().ok()?)
     };
     Some((start, total))
+}
+
+/// `scheme://host:port` of a URL.
+fn origin(url: &str) -> &str {
+    match url.find("://") {
+        Some(i) => {
+            let rest = &url[i + 3..];
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            &url[..i + 3 + end]
+        }
+        None => "",
+    }
+}
+
+/// A redirect's `Location` resolved against the URL that answered it.
+fn resolve_location(base: &str, loc: &str) -> String {
+    if loc.contains("://") {
+        loc.to_string()
+    } else if loc.starts_with("//") {
+        let scheme = base.split("://").next().unwrap_or("https");
+        format!("{scheme}:{loc}")
+    } else if loc.starts_with('/') {
+        format!("{}{loc}", origin(base))
+    } else {
+        let dir = base.split(['?', '#']).next().unwrap_or(base);
+        let dir = &dir[..dir.rfind('/').map(|i| i + 1).unwrap_or(dir.len())];
+        format!("{dir}{loc}")
+    }
+}
+
+/// GETs `url` with `headers`, following redirects. `Authorization` is sent only to the
+/// origin it was meant for: a redirect to another host, port or scheme (a CDN's signed
+/// URL) goes without it.
+pub fn get(
+    agent: &ureq::Agent,
+    url: &str,
+    headers: &[(String, String)],
+) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    let first = origin(url).to_string();
+    let mut url = url.to_string();
+    for _ in 0..=MAX_REDIRECTS {
+        let mut req = agent.get(&url);
+        for (k, v) in headers {
+            if k.eq_ignore_ascii_case("authorization") && origin(&url) != first {
+                continue;
+            }
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req.call()?;
+        let redirect = matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308);
+        match header(&resp, "location") {
+            Some(loc) if redirect => url = resolve_location(&url, &loc),
+            _ => return Ok(resp),
+        }
+    }
+    Err(ureq::Error::TooManyRedirects)
 }
 
 fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
@@ -236,22 +297,19 @@ fn attempt(
     if t.expected_size.is_some_and(|e| e == *have) && *have > 0 {
         return Ok(Attempt::Complete);
     }
-    let mut req = agent.get(t.url);
-    for (k, v) in t.headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
+    let mut headers = t.headers.to_vec();
     if *have > 0 {
-        req = req.header("Range", format!("bytes={}-", *have));
+        headers.push(("Range".into(), format!("bytes={}-", *have)));
         let validator = meta
             .etag
             .clone()
             .filter(|e| !e.starts_with("W/"))
             .or_else(|| meta.last_modified.clone());
         if let Some(v) = validator {
-            req = req.header("If-Range", v);
+            headers.push(("If-Range".into(), v));
         }
     }
-    let resp = match req.call() {
+    let resp = match get(agent, t.url, &headers) {
         Ok(r) => r,
         Err(e) => return Ok(Attempt::Transient(e.to_string())),
     };
@@ -413,13 +471,8 @@ pub fn get_json(
     url: &str,
     headers: &[(String, String)],
 ) -> Result<serde_json::Value> {
-    let mut req = agent.get(url);
-    for (k, v) in headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    let mut resp = req
-        .call()
-        .map_err(|e| StoreError::Download(format!("{url}: {e}")))?;
+    let mut resp =
+        get(agent, url, headers).map_err(|e| StoreError::Download(format!("{url}: {e}")))?;
     let status = resp.status().as_u16();
     match status {
         200 => {}
@@ -454,6 +507,32 @@ mod tests {
         assert_eq!(content_range("bytes */1000"), Some((None, Some(1000))));
         assert_eq!(content_range("bytes 5-9/*"), Some((Some(5), None)));
         assert_eq!(content_range("items 1-2/3"), None);
+    }
+
+    #[test]
+    fn origins_and_locations() {
+        assert_eq!(
+            origin("https://h.invalid:8443/a/b?c"),
+            "https://h.invalid:8443"
+        );
+        assert_eq!(origin("http://h.invalid"), "http://h.invalid");
+        let base = "https://h.invalid/org/repo/resolve/main/x.gguf?download=1";
+        assert_eq!(
+            resolve_location(base, "https://cdn.invalid/blob?sig=1"),
+            "https://cdn.invalid/blob?sig=1"
+        );
+        assert_eq!(
+            resolve_location(base, "/other/y"),
+            "https://h.invalid/other/y"
+        );
+        assert_eq!(
+            resolve_location(base, "//cdn.invalid/z"),
+            "https://cdn.invalid/z"
+        );
+        assert_eq!(
+            resolve_location(base, "y.gguf"),
+            "https://h.invalid/org/repo/resolve/main/y.gguf"
+        );
     }
 
     #[test]

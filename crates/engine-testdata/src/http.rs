@@ -2,7 +2,7 @@
 //! `Range` requests (`bytes=N-`, answered 206 with `Content-Range`, or 416 past the end),
 //! `ETag`/`If-Range`, 404 for unknown paths, connections cut after a number of body bytes,
 //! throttled bodies (to interrupt a download from outside), a required `Authorization`
-//! header, and a log of every request. It also answers JSON documents (a Hugging Face tree
+//! header, redirects, and a log of every request. It also answers JSON documents (a Hugging Face tree
 //! listing). Each connection is served on its own thread and closed after one response.
 
 use std::collections::HashMap;
@@ -57,6 +57,7 @@ impl Logged {
 struct State {
     files: HashMap<String, (Arc<Vec<u8>>, String)>,
     json: HashMap<String, String>,
+    redirects: HashMap<String, String>,
     faults: HashMap<String, Fault>,
     log: Vec<Logged>,
     require_auth: Option<String>,
@@ -120,6 +121,13 @@ impl FileServer {
     /// Serves a JSON document at `path`.
     pub fn add_json(&self, path: &str, json: &serde_json::Value) {
         self.state().json.insert(path.to_string(), json.to_string());
+    }
+
+    /// Answers `path` with `302 Found` to `location`.
+    pub fn redirect(&self, path: &str, location: &str) {
+        self.state()
+            .redirects
+            .insert(path.to_string(), location.to_string());
     }
 
     /// Applies `f` to the next responses of `path`.
@@ -213,7 +221,7 @@ fn respond(
     state: &Mutex<State>,
     out: &mut TcpStream,
 ) -> std::io::Result<(u16, u64)> {
-    let (file, json, fault, auth_ok) = {
+    let (file, json, redirect, fault, auth_ok) = {
         let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
         let auth_ok = st
             .require_auth
@@ -221,6 +229,7 @@ fn respond(
             .is_none_or(|want| headers.get("authorization") == Some(want));
         let file = st.files.get(path).cloned();
         let json = st.json.get(path).cloned();
+        let redirect = st.redirects.get(path).cloned();
         let fault = match st.faults.get_mut(path) {
             Some(f) if file.is_some() => {
                 let now = f.clone();
@@ -234,7 +243,7 @@ fn respond(
             }
             _ => None,
         };
-        (file, json, fault, auth_ok)
+        (file, json, redirect, fault, auth_ok)
     };
     if method != "GET" && method != "HEAD" {
         head(
@@ -251,6 +260,17 @@ fn respond(
             &[("Content-Length".into(), "0".into())],
         )?;
         return Ok((401, 0));
+    }
+    if let Some(to) = redirect {
+        head(
+            out,
+            "302 Found",
+            &[
+                ("Location".into(), to),
+                ("Content-Length".into(), "0".into()),
+            ],
+        )?;
+        return Ok((302, 0));
     }
     if let Some(j) = json {
         head(
