@@ -11,6 +11,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "engine", version, about, propagate_version = true)]
 struct Cli {
+    /// The model store directory (default: $ENGINE_MODELS, else
+    /// $XDG_CACHE_HOME/engine/models, else ~/.cache/engine/models).
+    #[arg(long = "models-dir", global = true, value_name = "DIR")]
+    models_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -95,6 +99,10 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(dir) = &cli.models_dir {
+        // Still one thread: the store reads this wherever it is opened.
+        std::env::set_var("ENGINE_MODELS", dir);
+    }
     match &cli.command {
         Command::Serve(a) => init_logging("info", cmd::serve::log_format(a) == "json"),
         _ => init_logging("warn", false),

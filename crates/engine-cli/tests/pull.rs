@@ -563,6 +563,18 @@ fn create_from_a_modelfile_then_show_and_remove() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("preset FROM base"), "{text}");
     assert_eq!(listed(&store), vec!["base", "base-elroy"]);
+    // --models-dir names the store as ENGINE_MODELS does
+    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .env_remove("ENGINE_MODELS")
+        .args(["list", "--models-dir"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("base-elroy"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // the preset resolves to the base's weights
     assert_eq!(run_greedy(&store, "base-elroy"), run_greedy(&store, "base"));
     let out = engine(&store)
