@@ -11,6 +11,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "engine", version, about, propagate_version = true)]
 struct Cli {
+    /// The model store directory (default: $ENGINE_MODELS, else
+    /// $XDG_CACHE_HOME/engine/models, else ~/.cache/engine/models).
+    #[arg(long = "models-dir", global = true, value_name = "DIR")]
+    models_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,16 +29,20 @@ enum Command {
     Tokenize(cmd::tokenize::TokenizeArgs),
     /// Evaluate token ids and write the logits of every position (raw little-endian f32).
     Logits(cmd::logits::LogitsArgs),
-    /// Install a model into the local store.
+    /// Install a model into the local store (a known name, hf:ORG/REPO[/FILE], or a URL).
     Pull(cmd::store::PullArgs),
-    /// List installed models.
+    /// List installed models and presets.
     List(cmd::store::ListArgs),
-    /// Remove an installed model.
+    /// Remove an installed model or preset.
     Rm(cmd::store::RmArgs),
+    /// Create a model from an Ollama Modelfile (a preset over a store model, or an import).
+    Create(cmd::store::CreateArgs),
+    /// Show an installed model's details and Modelfile.
+    Show(cmd::store::ShowArgs),
     /// Measure prompt-processing and generation speed (llama-bench's flags and tables).
     Bench(cmd::bench::BenchArgs),
     /// Serve the model over HTTP (OpenAI- and Ollama-compatible APIs).
-    Serve(cmd::serve::ServeArgs),
+    Serve(Box<cmd::serve::ServeArgs>),
     /// Perplexity over a text, and KL-divergence against a base model (llama-perplexity).
     Perplexity(cmd::perplexity::PerplexityArgs),
 }
@@ -93,6 +101,10 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(dir) = &cli.models_dir {
+        // Still one thread: the store reads this wherever it is opened.
+        std::env::set_var("ENGINE_MODELS", dir);
+    }
     match &cli.command {
         Command::Serve(a) => init_logging("info", cmd::serve::log_format(a) == "json"),
         _ => init_logging("warn", false),
@@ -105,8 +117,10 @@ fn main() {
         Command::Pull(a) => cmd::store::pull(a),
         Command::List(a) => cmd::store::list(a),
         Command::Rm(a) => cmd::store::rm(a),
+        Command::Create(a) => cmd::store::create(a),
+        Command::Show(a) => cmd::store::show(a),
         Command::Bench(a) => cmd::bench::run(a),
-        Command::Serve(a) => cmd::serve::run(a),
+        Command::Serve(a) => cmd::serve::run(*a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
     });
     match result {

@@ -235,12 +235,18 @@ fn hostile_requests_get_their_status_and_the_server_survives() {
         assert!(t0.elapsed() < Duration::from_secs(60));
     }
     drop(c);
+    // (the gauges are published after each step, so wait for the abort itself rather than
+    // for `running` to read 0, which it may still do from before this request started)
     let t0 = Instant::now();
+    while s.metric("engine:request_success_total{finished_reason=\"abort\"}") < aborted_before + 1.0
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the sequence was not freed promptly"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     s.wait_idle();
-    assert!(
-        t0.elapsed() < Duration::from_secs(10),
-        "the sequence was not freed promptly"
-    );
     assert_eq!(
         s.metric("engine:request_success_total{finished_reason=\"abort\"}"),
         aborted_before + 1.0

@@ -21,9 +21,18 @@ pub struct Admission {
     closed: AtomicBool,
 }
 
-/// Held by an admitted request; dropping it frees its place.
+/// Held by an admitted request; dropping it frees its place (and whatever it holds, such as
+/// the mark that keeps its model busy and loaded).
 pub struct Permit {
     adm: Arc<Admission>,
+    held: Option<Box<dyn Send + Sync>>,
+}
+
+impl Permit {
+    /// Keeps `guard` alive as long as this permit (the request's job).
+    pub fn hold(&mut self, guard: impl Send + Sync + 'static) {
+        self.held = Some(Box::new(guard));
+    }
 }
 
 impl Drop for Permit {
@@ -58,7 +67,12 @@ impl Admission {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Ok(Permit { adm: self.clone() }),
+                Ok(_) => {
+                    return Ok(Permit {
+                        adm: self.clone(),
+                        held: None,
+                    })
+                }
                 Err(now) => cur = now,
             }
         }

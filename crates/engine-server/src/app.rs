@@ -1,9 +1,11 @@
-//! The server's life: bind, answer `/health` with 503 while the model loads in the
-//! background, build the router (both API flavours, auth, limits, CORS), and shut down
+//! The server's life: bind, answer `/health` with 503 while the `-m` model loads in the
+//! background (a multi-model server is ready at once and loads models on demand), build the
+//! router (both API flavours, model management routes, auth, limits, CORS), and shut down
 //! gracefully on SIGTERM/SIGINT: stop accepting, let running requests finish within the
 //! grace period, cut the rest cleanly, and return.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -16,10 +18,11 @@ use tokio::sync::watch;
 
 use crate::admission::Admission;
 use crate::api::common::{error_body, ApiError, Flavor};
-use crate::api::{llama, ollama, openai};
-use crate::config::ServerConfig;
+use crate::api::{llama, manage, ollama, openai};
+use crate::config::{ModelSpec, ServerConfig};
 use crate::metrics::Metrics;
-use crate::scheduler::{self, SchedConfig, SchedulerHandle};
+use crate::models::{Activity, Busy, Defaults, Registry};
+use crate::scheduler::SchedulerHandle;
 use crate::template::ChatTemplate;
 
 /// Errors that stop the server.
@@ -38,7 +41,7 @@ pub enum ServeError {
     },
 }
 
-/// The model once loaded, with what requests need from it.
+/// A loaded model, with what requests need from it.
 pub struct Loaded {
     /// The model.
     pub model: Arc<engine::Model>,
@@ -54,8 +57,21 @@ pub struct Loaded {
     pub file_size: u64,
     /// Context per sequence.
     pub n_ctx: usize,
-    /// An identifier of the loaded file (sha256 of its path, size and modification time).
+    /// An identifier of the loaded file (the store's sha256, else a sha256 of its path,
+    /// size and modification time).
     pub digest: String,
+    /// What is served: file, preset, origin.
+    pub spec: Arc<ModelSpec>,
+    /// Request defaults from the preset (system prompt, sampling, stop, length).
+    pub defaults: Defaults,
+    /// This model's request metrics (folded into `/metrics`).
+    pub metrics: Arc<Metrics>,
+    /// The memory estimate it was admitted with.
+    pub estimate: engine::memory::MemoryEstimate,
+    /// Busy count and keep-alive.
+    pub activity: Arc<Activity>,
+    /// When it was loaded.
+    pub loaded_at: std::time::SystemTime,
 }
 
 impl Loaded {
@@ -65,22 +81,36 @@ impl Loaded {
         let n = n.strip_suffix(":latest").unwrap_or(n);
         self.names.iter().any(|m| m.eq_ignore_ascii_case(n))
     }
+
+    /// Keeps the model loaded while the returned guard lives (a queued job holds one).
+    pub fn busy(&self) -> Busy {
+        self.activity.busy()
+    }
 }
 
 /// State shared by every handler.
 pub struct AppState {
     /// Settings.
     pub cfg: ServerConfig,
-    /// Metrics.
+    /// Server-wide metrics (each loaded model keeps its own; `/metrics` sums them).
     pub metrics: Arc<Metrics>,
     /// The request bound.
     pub admission: Arc<Admission>,
-    /// Set once the model is loaded.
-    pub loaded: OnceLock<Arc<Loaded>>,
+    /// The served models.
+    pub registry: Arc<Registry>,
+    /// False while the `-m` model is loading at startup.
+    pub ready: AtomicBool,
 }
 
-/// Runs the server until SIGTERM/SIGINT (or a load failure). `on_listening` is called with
-/// the bound address once the socket accepts connections.
+impl AppState {
+    /// True when serving one `-m` model, llama-server style.
+    pub fn single(&self) -> bool {
+        self.cfg.models.is_empty()
+    }
+}
+
+/// Runs the server until SIGTERM/SIGINT (or a load failure of the `-m` model). `on_listening`
+/// is called with the bound address once the socket accepts connections.
 pub async fn serve(
     cfg: ServerConfig,
     on_listening: impl FnOnce(std::net::SocketAddr),
@@ -91,36 +121,56 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| ServeError::Io(e.to_string()))?;
+    let metrics = Arc::new(Metrics::new());
+    let registry = Registry::new(&cfg, metrics.clone()).map_err(ServeError::Io)?;
+    let single = cfg.models.is_empty();
     let state = Arc::new(AppState {
         admission: Admission::new(cfg.parallel() + cfg.queue_size),
-        metrics: Arc::new(Metrics::new()),
-        loaded: OnceLock::new(),
+        metrics,
+        registry: registry.clone(),
+        ready: AtomicBool::new(!single),
         cfg,
     });
-    tracing::info!(%addr, model = %state.cfg.model_path.display(), "listening; loading the model");
+    if single {
+        tracing::info!(%addr, model = %state.cfg.model_path.display(), "listening; loading the model");
+    } else {
+        let names: Vec<&str> = registry
+            .entries()
+            .iter()
+            .map(|e| e.names[0].as_str())
+            .collect();
+        tracing::info!(
+            %addr,
+            models = names.len(),
+            memory_budget = %engine::memory::human(registry.budget()),
+            "listening; models load on demand: {}",
+            names.join(", ")
+        );
+    }
     on_listening(addr);
+    tokio::spawn(registry.clone().reaper());
 
     let load_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let (fail_tx, mut fail_rx) = watch::channel(false);
-    let sched_thread = Arc::new(std::sync::Mutex::new(None));
-    {
+    if single {
         let state = state.clone();
-        let sched_thread = sched_thread.clone();
         let load_error = load_error.clone();
-        std::thread::Builder::new()
-            .name("engine-load".into())
-            .spawn(move || match load(&state) {
-                Ok((loaded, thread)) => {
-                    *sched_thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
-                    let _ = state.loaded.set(loaded);
+        tokio::spawn(async move {
+            match state.registry.acquire_index(0, None).await {
+                Ok(lease) => {
+                    drop(lease);
+                    state.ready.store(true, Ordering::Release);
                     tracing::info!("model loaded; ready");
+                    drop(fail_tx);
                 }
                 Err(e) => {
-                    *load_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    *load_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
                     let _ = fail_tx.send(true);
                 }
-            })
-            .map_err(|e| ServeError::Io(format!("cannot start the loader: {e}")))?;
+            }
+        });
+    } else {
+        drop(fail_tx);
     }
 
     let app = router(state.clone());
@@ -138,25 +188,16 @@ pub async fn serve(
             } => {}
         }
         shutdown_state.admission.close();
-        if let Some(l) = shutdown_state.loaded.get() {
-            l.sched.shutdown(shutdown_state.cfg.shutdown_timeout);
-        }
+        shutdown_state
+            .registry
+            .begin_shutdown(shutdown_state.cfg.shutdown_timeout);
     };
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| ServeError::Io(format!("server error: {e}")));
-    // Every connection is closed: the scheduler has nothing left to deliver.
-    if let Some(l) = state.loaded.get() {
-        l.sched.shutdown(std::time::Duration::ZERO);
-    }
-    let thread = sched_thread
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
-    if let Some(t) = thread {
-        let _ = tokio::task::spawn_blocking(move || t.join()).await;
-    }
+    // Every connection is closed: the schedulers have nothing left to deliver.
+    state.registry.finish_shutdown().await;
     if let Some(msg) = load_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
         return Err(ServeError::Load {
             path: state.cfg.model_path.display().to_string(),
@@ -168,59 +209,7 @@ pub async fn serve(
     Ok(())
 }
 
-/// Loads the model, picks its template and starts the scheduler.
-fn load(state: &AppState) -> Result<(Arc<Loaded>, std::thread::JoinHandle<()>), String> {
-    let cfg = &state.cfg;
-    let model = engine::Model::load(&cfg.model_path, &cfg.load).map_err(|e| e.to_string())?;
-    state.metrics.set_load_time(model.load_time().as_secs_f64());
-    let template = ChatTemplate::for_model(&model, cfg.chat_template.as_ref())?;
-    tracing::info!(
-        template = %template.origin,
-        reasoning = ?template.reasoning,
-        "chat template selected"
-    );
-    let n_ctx = model.context_options().n_ctx;
-    let mut names = cfg.names.clone();
-    if let Some(stem) = cfg.model_path.file_stem() {
-        names.push(stem.to_string_lossy().into_owned());
-    }
-    names.push(model.info().name.clone());
-    names.retain(|n| !n.trim().is_empty());
-    let mut seen = std::collections::HashSet::new();
-    names.retain(|n| seen.insert(n.to_ascii_lowercase()));
-    if names.is_empty() {
-        names.push("model".into());
-    }
-    let meta = std::fs::metadata(&cfg.model_path).ok();
-    let file_size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
-    let digest = file_digest(&cfg.model_path, meta.as_ref());
-    let model = Arc::new(model);
-    let (sched, thread) = scheduler::spawn(
-        model.clone(),
-        SchedConfig {
-            ubatch: cfg.ubatch,
-            step_tokens: cfg.step_tokens,
-            cache_prompt: cfg.cache_prompt,
-        },
-        state.metrics.clone(),
-    )
-    .map_err(|e| e.to_string())?;
-    Ok((
-        Arc::new(Loaded {
-            model,
-            template,
-            sched,
-            names,
-            created: crate::api::common::unix_time(),
-            file_size,
-            n_ctx,
-            digest,
-        }),
-        thread,
-    ))
-}
-
-fn file_digest(path: &std::path::Path, meta: Option<&std::fs::Metadata>) -> String {
+pub(crate) fn file_digest(path: &std::path::Path, meta: Option<&std::fs::Metadata>) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(path.to_string_lossy().as_bytes());
@@ -284,6 +273,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tokenize", post(llama::tokenize))
         .route("/detokenize", post(llama::detokenize))
         .route("/apply-template", post(llama::apply_template))
+        .route("/models/load", post(manage::load))
+        .route("/models/unload", post(manage::unload))
+        .route("/unload", get(manage::unload_all).post(manage::unload_all))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let mut app = Router::new()
@@ -397,7 +389,7 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    if state.loaded.get().is_some() {
+    if state.ready.load(Ordering::Acquire) {
         (StatusCode::OK, Json(serde_json::json!({"status": "ok"}))).into_response()
     } else {
         let mut r = (
@@ -430,7 +422,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        state.metrics.render(),
+        state.registry.metrics().render(),
     )
         .into_response()
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use engine::LoadOptions;
+use engine_store::{KeepAlive, Preset};
 
 /// How reasoning ("thinking") text is returned (llama-server's `--reasoning-format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -70,6 +71,36 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Seconds sent in `Retry-After` with a 503.
     pub retry_after_secs: u64,
+    /// The models served, loaded on demand (`engine serve` without `-m`). Empty: serve the
+    /// one model at `model_path`, loaded at startup and kept, as llama-server does.
+    pub models: Vec<ModelSpec>,
+    /// Settings of the `-m` model when it is a store preset (system prompt, parameters, ...).
+    pub preset: Preset,
+    /// Memory for loaded models together (weights + KV cache + compute buffers, as
+    /// estimated before loading), `--max-memory`. `None`: the memory available at startup.
+    pub max_memory: Option<u64>,
+    /// How long an idle model stays loaded (`--keep-alive`). `None`: 5 minutes for models
+    /// loaded on demand, forever for the `-m` model.
+    pub keep_alive: Option<KeepAlive>,
+    /// Most models loaded at once (0 = as many as fit in memory).
+    pub max_models: usize,
+    /// How long a load may wait for busy models to finish before the request gets 503.
+    pub load_timeout: Duration,
+}
+
+/// One model of a multi-model server.
+#[derive(Clone, Debug)]
+pub struct ModelSpec {
+    /// The name requests use (and reports show).
+    pub name: String,
+    /// The GGUF file (a split set's first part).
+    pub path: PathBuf,
+    /// Aliases, system prompt, default parameters, context, template, keep-alive, draft.
+    pub preset: Preset,
+    /// Where it comes from (for `/api/show`): a store source, a models file, a path.
+    pub origin: String,
+    /// An identifier of the weights (sha256 from the store manifest, if known).
+    pub digest: Option<String>,
 }
 
 /// Where a chat template override comes from.
@@ -104,6 +135,12 @@ impl ServerConfig {
             cors_origins: Vec::new(),
             shutdown_timeout: Duration::from_secs(30),
             retry_after_secs: 2,
+            models: Vec::new(),
+            preset: Preset::default(),
+            max_memory: None,
+            keep_alive: None,
+            max_models: 0,
+            load_timeout: Duration::from_secs(300),
         }
     }
 
@@ -166,6 +203,16 @@ pub struct FileConfig {
     pub shutdown_timeout: Option<u64>,
     /// `--log-format`
     pub log_format: Option<String>,
+    /// `--models`
+    pub models: Option<PathBuf>,
+    /// `--max-memory` (`8g`, `512MiB`, bytes)
+    pub max_memory: Option<String>,
+    /// `--keep-alive` (`5m`, `0`, `-1`, seconds)
+    pub keep_alive: Option<toml::Value>,
+    /// `--max-models`
+    pub max_models: Option<usize>,
+    /// `--load-timeout` in seconds
+    pub load_timeout: Option<u64>,
 }
 
 /// A string or a list of strings.
@@ -211,6 +258,15 @@ mod tests {
         assert_eq!(c.ctx_size, Some(8192));
         assert_eq!(c.api_key.unwrap().into_vec(), vec!["a", "b"]);
         assert_eq!(c.alias.unwrap().into_vec(), vec!["g"]);
+        let c: FileConfig = toml::from_str(
+            "models = \"/etc/engine/models.toml\"\nmax-memory = \"8g\"\nkeep-alive = \"10m\"\nmax-models = 2\nload-timeout = 60\n",
+        )
+        .unwrap();
+        assert_eq!(c.models.unwrap().to_str(), Some("/etc/engine/models.toml"));
+        assert_eq!(c.max_memory.as_deref(), Some("8g"));
+        assert_eq!(c.keep_alive, Some(toml::Value::String("10m".into())));
+        assert_eq!(c.max_models, Some(2));
+        assert_eq!(c.load_timeout, Some(60));
         assert!(toml::from_str::<FileConfig>("ctx_sizee = 1").is_err());
         assert!(toml::from_str::<FileConfig>("port = \"x\"").is_err());
         assert_eq!("none".parse::<ReasoningFormat>(), Ok(ReasoningFormat::None));

@@ -1,6 +1,6 @@
 //! # engine-server
 //!
-//! `engine serve`: one model behind the APIs people already use — OpenAI's
+//! `engine serve`: models behind the APIs people already use — OpenAI's
 //! (`/v1/chat/completions`, `/v1/completions`, `/v1/models`, `/v1/embeddings`) and Ollama's
 //! (`/api/generate`, `/api/chat`, `/api/tags`, ...) — on one port, with continuous batching
 //! of up to `--parallel` sequences, chat templates, reasoning extraction, Prometheus metrics
@@ -9,7 +9,9 @@
 //! * [`config`]: the settings.
 //! * [`app`]: startup, routes, auth, health, graceful shutdown.
 //! * [`api`]: the two API flavours.
-//! * [`scheduler`]: the continuous-batching step loop.
+//! * [`models`]: the served models: names, on-demand loading under a memory budget,
+//!   keep-alive, eviction.
+//! * [`scheduler`]: the continuous-batching step loop (one per loaded model).
 //! * [`template`]: chat templates (minijinja) and the built-ins.
 //! * [`reasoning`]: splitting `reasoning_content` from `content`.
 //! * [`admission`]: the bounded queue.
@@ -24,12 +26,13 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod metrics;
+pub mod models;
 pub mod reasoning;
 pub mod scheduler;
 pub mod template;
 
 pub use app::ServeError;
-pub use config::{ReasoningFormat, ServerConfig, TemplateChoice};
+pub use config::{ModelSpec, ReasoningFormat, ServerConfig, TemplateChoice};
 
 /// Runs the server on its own Tokio runtime until SIGTERM/SIGINT; `on_listening` is called
 /// with the bound address.

@@ -49,6 +49,22 @@ impl Histogram {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).count
     }
 
+    /// Adds `other`'s observations (same bounds) to this one.
+    pub fn absorb(&self, other: &Histogram) {
+        if std::ptr::eq(self, other) || self.bounds != other.bounds {
+            return;
+        }
+        let o = other.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (counts, sum, count) = (o.counts.clone(), o.sum, o.count);
+        drop(o);
+        let mut h = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for (a, b) in h.counts.iter_mut().zip(counts) {
+            *a += b;
+        }
+        h.sum += sum;
+        h.count += count;
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let h = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -69,6 +85,9 @@ const TTFT: &[f64] = &[
 ];
 const TPOT: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+];
+const LOAD: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0,
 ];
 const LATENCY: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 240.0, 480.0,
@@ -123,6 +142,22 @@ pub struct Metrics {
     pub e2e: Histogram,
     /// Arrival to getting a slot.
     pub queue_time: Histogram,
+    /// Models loaded (on startup, on demand, or by a load request).
+    pub model_loads: AtomicU64,
+    /// Loads that failed (or were refused by the memory budget).
+    pub model_load_failures: AtomicU64,
+    /// Models unloaded (keep-alive expiry, unload requests, eviction, shutdown).
+    pub model_unloads: AtomicU64,
+    /// Of the unloads, those that made room for another model.
+    pub model_evictions: AtomicU64,
+    /// Seconds per model load.
+    pub model_load_seconds: Histogram,
+    /// Models loaded now.
+    pub models_loaded: AtomicU64,
+    /// Estimated memory of the loaded models.
+    pub models_memory_bytes: AtomicU64,
+    /// The memory budget for models.
+    pub memory_budget_bytes: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -152,7 +187,76 @@ impl Metrics {
             tpot: Histogram::new(TPOT),
             e2e: Histogram::new(LATENCY),
             queue_time: Histogram::new(LATENCY),
+            model_loads: AtomicU64::new(0),
+            model_load_failures: AtomicU64::new(0),
+            model_unloads: AtomicU64::new(0),
+            model_evictions: AtomicU64::new(0),
+            model_load_seconds: Histogram::new(LOAD),
+            models_loaded: AtomicU64::new(0),
+            models_memory_bytes: AtomicU64::new(0),
+            memory_budget_bytes: AtomicU64::new(0),
         }
+    }
+
+    /// Adds one model's request metrics to these: counters and histograms always, the
+    /// scheduler's gauges (running, waiting, KV cache) when `gauges` is set. The model
+    /// management metrics are the server's own and are not copied.
+    pub fn absorb(&self, other: &Metrics, gauges: bool) {
+        if std::ptr::eq(self, other) {
+            return;
+        }
+        let add = |a: &AtomicU64, b: &AtomicU64| {
+            a.fetch_add(b.load(Ordering::Relaxed), Ordering::Relaxed);
+        };
+        add(&self.prompt_tokens, &other.prompt_tokens);
+        add(&self.prompt_tokens_cached, &other.prompt_tokens_cached);
+        add(&self.generation_tokens, &other.generation_tokens);
+        for (a, b) in self.finished.iter().zip(&other.finished) {
+            add(a, b);
+        }
+        add(&self.rejected_queue_full, &other.rejected_queue_full);
+        add(&self.steps, &other.steps);
+        self.ttft.absorb(&other.ttft);
+        self.tpot.absorb(&other.tpot);
+        self.e2e.absorb(&other.e2e);
+        self.queue_time.absorb(&other.queue_time);
+        if gauges {
+            add(&self.running, &other.running);
+            add(&self.waiting, &other.waiting);
+            add(&self.kv_tokens, &other.kv_tokens);
+            let (c1, c2) = (
+                self.kv_capacity.load(Ordering::Relaxed) as f64,
+                other.kv_capacity.load(Ordering::Relaxed) as f64,
+            );
+            let (u1, u2) = (
+                f64::from_bits(self.kv_usage_bits.load(Ordering::Relaxed)),
+                f64::from_bits(other.kv_usage_bits.load(Ordering::Relaxed)),
+            );
+            if c1 + c2 > 0.0 {
+                self.set_kv_usage((u1 * c1 + u2 * c2) / (c1 + c2));
+            }
+            add(&self.kv_capacity, &other.kv_capacity);
+            let last = other.last_batch_tokens.load(Ordering::Relaxed);
+            self.last_batch_tokens.fetch_max(last, Ordering::Relaxed);
+        }
+    }
+
+    /// A copy of the request metrics and gauges (for summing over models).
+    pub fn snapshot(&self) -> Metrics {
+        let m = Metrics::new();
+        m.absorb(self, true);
+        let copy =
+            |a: &AtomicU64, b: &AtomicU64| a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
+        copy(&m.load_secs_bits, &self.load_secs_bits);
+        copy(&m.model_loads, &self.model_loads);
+        copy(&m.model_load_failures, &self.model_load_failures);
+        copy(&m.model_unloads, &self.model_unloads);
+        copy(&m.model_evictions, &self.model_evictions);
+        copy(&m.models_loaded, &self.models_loaded);
+        copy(&m.models_memory_bytes, &self.models_memory_bytes);
+        copy(&m.memory_budget_bytes, &self.memory_budget_bytes);
+        m.model_load_seconds.absorb(&self.model_load_seconds);
+        m
     }
 
     /// Counts a finished generation.
@@ -257,6 +361,48 @@ impl Metrics {
             f64::from_bits(g(&self.load_secs_bits)).to_string(),
         );
         scalar(
+            "engine:model_loads_total",
+            "counter",
+            "Models loaded (at startup, on demand, or by a load request).",
+            g(&self.model_loads).to_string(),
+        );
+        scalar(
+            "engine:model_load_failures_total",
+            "counter",
+            "Model loads that failed or were refused by the memory budget.",
+            g(&self.model_load_failures).to_string(),
+        );
+        scalar(
+            "engine:model_unloads_total",
+            "counter",
+            "Models unloaded (keep-alive expiry, unload requests, evictions, shutdown).",
+            g(&self.model_unloads).to_string(),
+        );
+        scalar(
+            "engine:model_evictions_total",
+            "counter",
+            "Idle models unloaded to make room for another model under --max-memory.",
+            g(&self.model_evictions).to_string(),
+        );
+        scalar(
+            "engine:models_loaded",
+            "gauge",
+            "Models loaded now.",
+            g(&self.models_loaded).to_string(),
+        );
+        scalar(
+            "engine:models_memory_bytes",
+            "gauge",
+            "Estimated memory of the loaded models (weights + KV cache + compute buffers).",
+            g(&self.models_memory_bytes).to_string(),
+        );
+        scalar(
+            "engine:memory_budget_bytes",
+            "gauge",
+            "Memory the loaded models may use together (--max-memory).",
+            g(&self.memory_budget_bytes).to_string(),
+        );
+        scalar(
             "engine:process_resident_memory_bytes",
             "gauge",
             "Resident memory of the server process.",
@@ -299,6 +445,11 @@ impl Metrics {
             "engine:request_queue_time_seconds",
             "Seconds from arrival to getting a slot.",
         );
+        self.model_load_seconds.render(
+            &mut out,
+            "engine:model_load_duration_seconds",
+            "Seconds per model load (estimate, evictions, loading, starting the scheduler).",
+        );
         out
     }
 }
@@ -319,6 +470,41 @@ pub fn resident_memory() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absorbing_sums_counters_histograms_and_gauges() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.generation_tokens.store(5, Ordering::Relaxed);
+        b.generation_tokens.store(7, Ordering::Relaxed);
+        a.running.store(1, Ordering::Relaxed);
+        b.running.store(2, Ordering::Relaxed);
+        a.kv_capacity.store(100, Ordering::Relaxed);
+        b.kv_capacity.store(300, Ordering::Relaxed);
+        a.set_kv_usage(1.0);
+        b.set_kv_usage(0.0);
+        b.ttft.observe(0.3);
+        b.finished(Finish::Stop);
+        a.model_loads.store(3, Ordering::Relaxed);
+        let sum = a.snapshot();
+        sum.absorb(&b, true);
+        let s = sum.render();
+        assert!(s.contains("engine:generation_tokens_total 12\n"), "{s}");
+        assert!(s.contains("engine:num_requests_running 3\n"), "{s}");
+        assert!(s.contains("engine:kv_cache_capacity_tokens 400\n"), "{s}");
+        assert!(s.contains("engine:kv_cache_usage_ratio 0.25\n"), "{s}");
+        assert!(
+            s.contains("engine:time_to_first_token_seconds_count 1\n"),
+            "{s}"
+        );
+        assert!(s.contains("engine:request_success_total{finished_reason=\"stop\"} 1\n"));
+        assert!(s.contains("engine:model_loads_total 3\n"), "{s}");
+        // without gauges, a retired model adds only its counters
+        let c = Metrics::new();
+        c.absorb(&b, false);
+        assert_eq!(c.running.load(Ordering::Relaxed), 0);
+        assert_eq!(c.generation_tokens.load(Ordering::Relaxed), 7);
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {
@@ -355,6 +541,11 @@ mod tests {
             "engine:request_queue_time_seconds_count 0",
             "engine:model_load_time_seconds",
             "engine:process_resident_memory_bytes",
+            "engine:model_loads_total 0",
+            "engine:model_unloads_total 0",
+            "engine:model_evictions_total 0",
+            "engine:models_loaded 0",
+            "engine:model_load_duration_seconds_count 0",
         ] {
             assert!(s.contains(name), "missing {name} in\n{s}");
         }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+pub mod http;
 pub mod logits;
 
 /// The llama-cpp-python source distribution that vendors the reference llama.cpp.
@@ -228,6 +229,58 @@ pub fn gemma3_model() -> Result<PathBuf, String> {
     let _g = FETCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     engine_store::store::ensure_quiet("gemma3-270m")
         .map_err(|e| format!("cannot get the default model: {e}"))
+}
+
+/// A copy of the default model with every quantized weight re-encoded as `dtype` (e.g. Q4_0)
+/// by the project's own codecs and GGUF writer: a second real model of the same
+/// architecture, for tests that need two. Written once into the cache directory.
+pub fn requantized_gemma3(dtype: engine_core::DType) -> Result<PathBuf, String> {
+    let src = gemma3_model()?;
+    let dst = cache_dir().join(format!(
+        "gemma-3-270m-{}.gguf",
+        dtype.to_string().to_lowercase()
+    ));
+    let _g = FETCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if dst.is_file() {
+        return Ok(dst);
+    }
+    let g = engine_gguf::GgufModel::open(&src, true).map_err(|e| e.to_string())?;
+    let mut w = engine_gguf::GgufWriter::new();
+    for (k, v) in g.metadata() {
+        w.set(k, v.clone());
+    }
+    if dtype == engine_core::DType::Q4_0 {
+        w.set("general.file_type", engine_gguf::Value::U32(2));
+    }
+    for t in g.tensors() {
+        let shape = t.shape();
+        let data = g.tensor_data(t);
+        let row = shape.last().copied().unwrap_or(1);
+        let requant = t.dtype.is_quantized()
+            && t.dtype != dtype
+            && dtype.row_bytes(row).is_some()
+            && engine_core::quant::dequant_fn(t.dtype).is_some();
+        let (dt, bytes) = if requant {
+            let n = t.numel() as usize;
+            let f = engine_core::quant::dequantize_to_vec(t.dtype, data.as_slice(), n)
+                .map_err(|e| format!("{}: {e}", t.name))?;
+            let mut out = vec![0u8; dtype.row_bytes(row).unwrap_or(0) * (n / row)];
+            let rb = dtype.row_bytes(row).unwrap_or(0);
+            for (i, r) in f.chunks(row).enumerate() {
+                engine_core::quant::quantize(dtype, r, &mut out[i * rb..(i + 1) * rb])
+                    .map_err(|e| format!("{}: {e}", t.name))?;
+            }
+            (dtype, out)
+        } else {
+            (t.dtype, data.as_slice().to_vec())
+        };
+        w.add_tensor(&t.name, dt, &shape, bytes)
+            .map_err(|e| e.to_string())?;
+    }
+    let tmp = dst.with_extension(format!("tmp.{}", std::process::id()));
+    w.write_to(&tmp).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, &dst).map_err(|e| e.to_string())?;
+    Ok(dst)
 }
 
 /// Index of the largest value (first on ties).

@@ -1,9 +1,74 @@
-//! Memory budgeting: what the host has available, and the check that refuses to start a
-//! model and context that would not fit (instead of letting the node run out of memory).
+//! Memory budgeting: what the host has available, what a model and context will need
+//! before anything is allocated ([`estimate`]), and the check that refuses to start a model
+//! and context that would not fit (instead of letting the node run out of memory).
 
-use engine_models::MemoryEstimate;
+use std::path::Path;
+use std::sync::Arc;
+
+use engine_models::ContextOptions;
+pub use engine_models::MemoryEstimate;
 
 use crate::error::{Error, Result};
+use crate::model::LoadOptions;
+
+/// What loading `path` with `opts` will need — weights, the KV cache for `opts.n_seq`
+/// sequences of the configured context, and compute scratch for `opts.n_batch` tokens — and
+/// the context size per sequence that implies. Nothing is allocated: the file is mapped and
+/// its tensors are only looked at, so this is cheap even for a model that would not fit.
+pub fn estimate(path: &Path, opts: &LoadOptions) -> Result<(MemoryEstimate, usize)> {
+    let gguf = engine_gguf::GgufModel::open(path, true)?;
+    let backend: Arc<dyn engine_core::Backend> = Arc::new(engine_cpu::CpuBackend::new(1));
+    let model = engine_models::load(&gguf, backend)?;
+    let info = model.info();
+    let n_ctx = if opts.n_ctx == 0 {
+        info.n_ctx_train.clamp(1, 4096)
+    } else {
+        opts.n_ctx
+    };
+    let ctx = ContextOptions {
+        n_ctx,
+        n_seq: opts.n_seq.max(1),
+        n_batch: opts.n_batch.max(1),
+        kv_type: opts.kv_type,
+    };
+    Ok((model.memory_estimate(&ctx), n_ctx))
+}
+
+/// Parses a memory size: bytes (`1073741824`), or a number with a unit. `k`, `m`, `g`, `t`
+/// (any case, optionally followed by `iB`) are powers of 1024 as in `docker --memory`;
+/// `KB`, `MB`, `GB`, `TB` are powers of 1000. Fractions are allowed (`1.5g`).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size '{s}' (e.g. 8g, 512MiB, 2GB or a number of bytes)"))?;
+    let unit = unit.trim();
+    let mult: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        _ => {
+            return Err(format!(
+                "invalid size unit '{unit}' in '{s}' (k, m, g, t, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    let v = n * mult;
+    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+        return Err(format!("size '{s}' is out of range"));
+    }
+    Ok(v as u64)
+}
 
 /// Bytes the OS reports as available (`MemAvailable` in /proc/meminfo), if known.
 pub fn available_memory() -> Option<u64> {
@@ -62,6 +127,37 @@ mod tests {
         assert_eq!(parse_meminfo(s, "MemAvailable:"), Some(20_000_000 * 1024));
         assert_eq!(parse_meminfo(s, "MemTotal:"), Some(24_000_000 * 1024));
         assert_eq!(parse_meminfo(s, "Nope:"), None);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("8g"), Ok(8 << 30));
+        assert_eq!(parse_size("8G"), Ok(8 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_size(" 300 MB "), Ok(300_000_000));
+        for bad in ["", "g", "12 parsecs", "-1g", "1..2m"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn estimate_of_a_fixture_counts_the_context() {
+        let p = engine_testdata::fixtures_dir().join("arch/llama/llama-Q8_0.gguf");
+        let opts = |n_ctx, n_seq| LoadOptions {
+            n_ctx,
+            n_seq,
+            ..Default::default()
+        };
+        let (small, n) = estimate(&p, &opts(64, 1)).unwrap();
+        assert_eq!(n, 64);
+        let (big, _) = estimate(&p, &opts(1024, 4)).unwrap();
+        assert_eq!(small.weights, big.weights);
+        assert!(small.weights > 0 && small.weights <= std::fs::metadata(&p).unwrap().len());
+        assert_eq!(big.kv_cache, small.kv_cache * 16 * 4);
+        assert!(estimate(Path::new("/nonexistent.gguf"), &opts(64, 1)).is_err());
     }
 
     #[test]

@@ -18,7 +18,8 @@ use engine::{DType, LoadOptions, Model};
 /// Options for picking and loading a model.
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// Model: a GGUF path, or a name from the local store (known names are pulled on first use).
+    /// Model: a GGUF path, a name from the local store (known names are pulled on first
+    /// use), or an hf:ORG/REPO[/FILE] or https:// source (pulled into the store first).
     #[arg(short = 'm', long = "model")]
     pub model: String,
     /// Compute threads (default: all cores).
@@ -85,13 +86,21 @@ pub fn parse_kv_type(s: &str) -> Result<DType> {
     }
 }
 
-/// A model argument to a file: an existing path, an installed model, or a known name pulled now.
+/// A model argument to a file: an existing path, an installed model, a known name pulled
+/// now, or an `hf:`/URL source pulled into the store now (a no-op once installed).
 pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     // A path is used as is, without touching the store.
     if std::path::Path::new(spec).is_file() {
         return Ok(PathBuf::from(spec));
     }
     let store = engine_store::Store::open_default()?;
+    if matches!(
+        engine_store::remote::SourceRef::parse(spec),
+        Ok(engine_store::remote::SourceRef::Hf(_) | engine_store::remote::SourceRef::Url(_))
+    ) {
+        let m = store::pull_source(&store, spec, None, None)?;
+        return Ok(store.weights(&m)?.1);
+    }
     let mut bar = crate::progress::Bar::new();
     Ok(store.ensure(spec, &mut bar)?)
 }

@@ -1,5 +1,10 @@
 //! `engine serve`: the OpenAI- and Ollama-compatible server (crate `engine-server`), with
 //! llama-server's flag names. Flags win over a `--config` file, which wins over defaults.
+//!
+//! With `-m` it serves that one model, loaded at startup, as llama-server does. Without
+//! `-m` it serves every model in the store (presets from `engine create` included) plus
+//! those of a `--models` file, each loaded on demand and unloaded after its keep-alive,
+//! within `--max-memory`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,14 +13,36 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use engine::LoadOptions;
 use engine_server::config::FileConfig;
-use engine_server::{ReasoningFormat, ServerConfig, TemplateChoice};
+use engine_server::{ModelSpec, ReasoningFormat, ServerConfig, TemplateChoice};
+use engine_store::preset::ModelRef;
+use engine_store::{KeepAlive, Preset, Store};
 
 /// Arguments of `engine serve`.
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
-    /// Model: a GGUF path, or a name from the local store (known names are pulled on first use).
+    /// Model: a GGUF path, or a name from the local store (known names are pulled on first
+    /// use). Without it, every model in the store and in --models is served on demand.
     #[arg(short = 'm', long = "model")]
     pub model: Option<String>,
+    /// A models file (TOML, one `[models."NAME"]` table per model) served beside the store's
+    /// models.
+    #[arg(long = "models", conflicts_with = "model")]
+    pub models: Option<PathBuf>,
+    /// Memory the loaded models may use together (weights + KV cache + compute buffers, as
+    /// estimated before loading), e.g. 8g, 512MiB; least recently used idle models are
+    /// unloaded to make room [default: the memory available at startup].
+    #[arg(long = "max-memory")]
+    pub max_memory: Option<String>,
+    /// How long an idle model stays loaded: a duration (5m, 1h), seconds, 0 (unload when
+    /// idle) or -1 (never) [default: 5m, or forever for the -m model].
+    #[arg(long = "keep-alive", allow_hyphen_values = true)]
+    pub keep_alive: Option<String>,
+    /// Most models loaded at once (0 = as many as fit in --max-memory) [default: 0].
+    #[arg(long = "max-models")]
+    pub max_models: Option<usize>,
+    /// Seconds a model load may wait for busy models to free memory [default: 300].
+    #[arg(long = "load-timeout")]
+    pub load_timeout: Option<u64>,
     /// TOML file with any of these settings (keys like the long flags, e.g. ctx-size = 8192).
     #[arg(long = "config")]
     pub config: Option<PathBuf>,
@@ -145,10 +172,15 @@ pub fn config(a: ServeArgs) -> Result<ServerConfig> {
             bail!("--log-format must be text or json, got '{fmt}'");
         }
     }
-    let Some(spec) = a.model.clone().or(f.model.clone()) else {
-        bail!("no model: pass -m MODEL (a GGUF path or a model name) or set model in --config");
+    let spec = a.model.clone().or(f.model.clone());
+    let models_file = a.models.clone().or(f.models.clone());
+    if spec.is_some() && models_file.is_some() {
+        bail!("use either -m MODEL (one model) or --models FILE (many), not both");
+    }
+    let path = match &spec {
+        Some(s) => super::resolve_model(s)?,
+        None => PathBuf::new(),
     };
-    let path = super::resolve_model(&spec)?;
     let parallel = a.parallel.or(f.parallel).unwrap_or(4);
     if parallel == 0 || parallel > 256 {
         bail!("--parallel must be between 1 and 256, got {parallel}");
@@ -184,6 +216,43 @@ pub fn config(a: ServeArgs) -> Result<ServerConfig> {
         .or(f.device.clone())
         .unwrap_or_else(|| "cpu".into());
     let mut cfg = ServerConfig::new(path);
+    match &spec {
+        None => cfg.models = served_models(models_file.as_deref())?,
+        Some(s) if !std::path::Path::new(s).is_file() => {
+            // a store preset served with -m keeps its settings
+            let store = Store::open_default()?;
+            if let Some(m) = store.get(s)? {
+                cfg.preset = store.effective_preset(&m)?;
+                if let Some(n) = cfg.preset.num_ctx {
+                    if ctx_total > 0 {
+                        tracing::info!(num_ctx = n, "the preset's num_ctx replaces -c");
+                    }
+                }
+            }
+        }
+        Some(_) => {}
+    }
+    if let Some(m) = a.max_memory.clone().or(f.max_memory.clone()) {
+        let bytes = engine::memory::parse_size(&m).map_err(anyhow::Error::msg)?;
+        if bytes == 0 {
+            bail!("--max-memory must be more than 0");
+        }
+        cfg.max_memory = Some(bytes);
+    }
+    let keep_alive = match (&a.keep_alive, &f.keep_alive) {
+        (Some(k), _) => Some(k.clone()),
+        (None, Some(toml::Value::String(k))) => Some(k.clone()),
+        (None, Some(toml::Value::Integer(i))) => Some(i.to_string()),
+        (None, Some(toml::Value::Float(x))) => Some(x.to_string()),
+        (None, Some(other)) => bail!("keep-alive must be a duration or seconds, got {other}"),
+        (None, None) => None,
+    };
+    if let Some(k) = keep_alive {
+        cfg.keep_alive =
+            Some(KeepAlive::parse(&k).map_err(|e| anyhow::anyhow!("--keep-alive: {e}"))?);
+    }
+    cfg.max_models = a.max_models.or(f.max_models).unwrap_or(0);
+    cfg.load_timeout = Duration::from_secs(a.load_timeout.or(f.load_timeout).unwrap_or(300));
     cfg.load = LoadOptions {
         threads,
         n_ctx,
@@ -218,8 +287,10 @@ pub fn config(a: ServeArgs) -> Result<ServerConfig> {
         .map(|n| n.trim().to_string())
         .filter(|n| !n.is_empty())
         .collect();
-    if !std::path::Path::new(&spec).is_file() {
-        names.push(spec.clone());
+    if let Some(spec) = &spec {
+        if !std::path::Path::new(spec).is_file() {
+            names.push(spec.clone());
+        }
     }
     cfg.names = names;
     cfg.api_keys = if a.api_key.is_empty() {
@@ -268,6 +339,139 @@ pub fn config(a: ServeArgs) -> Result<ServerConfig> {
     cfg.shutdown_timeout =
         Duration::from_secs(a.shutdown_timeout.or(f.shutdown_timeout).unwrap_or(30));
     Ok(cfg)
+}
+
+/// Every model the store holds, then the entries of a models file (which win on a shared
+/// name). Store models keep their presets and card aliases; models-file entries that name a
+/// store model inherit its preset; `source` entries not yet installed are pulled now.
+pub fn served_models(models_file: Option<&std::path::Path>) -> Result<Vec<ModelSpec>> {
+    let store = Store::open_default()?;
+    let mut out: Vec<ModelSpec> = Vec::new();
+    let store_spec = |m: &engine_store::Manifest| -> Result<ModelSpec> {
+        let (weights, path) = store.weights(m)?;
+        let mut preset = store.effective_preset(m)?;
+        if let Some(card) = engine_store::find_card(&m.name).filter(|c| c.name == m.name) {
+            for a in card.aliases {
+                if !preset.aliases.contains(&a) {
+                    preset.aliases.push(a);
+                }
+            }
+        }
+        Ok(ModelSpec {
+            name: m.name.clone(),
+            path,
+            preset,
+            origin: if m.is_preset() {
+                format!("{} (preset over {})", m.source, weights.name)
+            } else {
+                m.source.clone()
+            },
+            digest: Some(weights.sha256.clone()),
+        })
+    };
+    for m in store.list()? {
+        match store_spec(&m) {
+            Ok(s) => out.push(s),
+            Err(e) => tracing::warn!(model = %m.name, error = %e, "skipping a store model"),
+        }
+    }
+    if let Some(file) = models_file {
+        let entries = engine_store::preset::load_models_file(file)?;
+        for e in entries {
+            let name = e.name.clone();
+            let (path, base_preset, origin, digest) = match &e.model {
+                ModelRef::Store(base) => {
+                    let m = match store.get(base)? {
+                        Some(m) => m,
+                        None => {
+                            // a known model is pulled on first use, as with -m
+                            super::resolve_model(base)
+                                .with_context(|| format!("models.\"{name}\": from = \"{base}\""))?;
+                            store.get(base)?.with_context(|| {
+                                format!("models.\"{name}\": '{base}' is not in the store")
+                            })?
+                        }
+                    };
+                    let s = store_spec(&m)?;
+                    (
+                        s.path,
+                        s.preset,
+                        format!("{} (models file)", s.origin),
+                        s.digest,
+                    )
+                }
+                ModelRef::Path(p) => {
+                    if !p.is_file() {
+                        bail!("models.\"{name}\": {} is not a file", p.display());
+                    }
+                    (p.clone(), Default::default(), p.display().to_string(), None)
+                }
+                ModelRef::Source { spec, sha256 } => {
+                    let m = super::store::pull_source(&store, spec, Some(&name), sha256.as_deref())
+                        .with_context(|| format!("models.\"{name}\": cannot pull {spec}"))?;
+                    let (w, p) = store.weights(&m)?;
+                    (p, Default::default(), spec.clone(), Some(w.sha256))
+                }
+            };
+            let preset = merge_presets(base_preset, e.preset);
+            out.retain(|s| s.name != name);
+            out.push(ModelSpec {
+                name,
+                path,
+                preset,
+                origin,
+                digest,
+            });
+        }
+    }
+    if out.is_empty() {
+        bail!(
+            "no models to serve: the store at {} is empty and no --models file was given; `engine pull gemma3-270m`, or pass -m MODEL",
+            store.root().display()
+        );
+    }
+    for s in &out {
+        if let Some(d) = &s.preset.draft {
+            tracing::warn!(
+                model = %s.name,
+                draft = %d,
+                "a draft model is configured, but speculative decoding is not part of this build; it is not used"
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// A models-file entry's settings over its base's.
+fn merge_presets(mut base: Preset, over: Preset) -> Preset {
+    for a in over.aliases {
+        if !base.aliases.contains(&a) {
+            base.aliases.push(a);
+        }
+    }
+    base.system = over.system.or(base.system);
+    base.template = over.template.or(base.template);
+    base.num_ctx = over.num_ctx.or(base.num_ctx);
+    base.keep_alive = over.keep_alive.or(base.keep_alive);
+    base.draft = over.draft.or(base.draft);
+    if !over.messages.is_empty() {
+        base.messages = over.messages;
+    }
+    let (b, o) = (&mut base.parameters, over.parameters);
+    b.temperature = o.temperature.or(b.temperature);
+    b.top_k = o.top_k.or(b.top_k);
+    b.top_p = o.top_p.or(b.top_p);
+    b.min_p = o.min_p.or(b.min_p);
+    b.repeat_penalty = o.repeat_penalty.or(b.repeat_penalty);
+    b.repeat_last_n = o.repeat_last_n.or(b.repeat_last_n);
+    b.presence_penalty = o.presence_penalty.or(b.presence_penalty);
+    b.frequency_penalty = o.frequency_penalty.or(b.frequency_penalty);
+    b.seed = o.seed.or(b.seed);
+    b.num_predict = o.num_predict.or(b.num_predict);
+    if !o.stop.is_empty() {
+        b.stop = o.stop;
+    }
+    base
 }
 
 /// Runs `engine serve`.

@@ -23,12 +23,20 @@ impl Server {
     /// Starts `engine serve -m <default model> --port 0 <args>` and waits for `/health`.
     pub fn start(args: &[&str]) -> Server {
         let model = engine_testdata::gemma3_model().expect("default model");
+        let mut all = vec!["-m".to_string(), model.to_string_lossy().into_owned()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        Server::start_with(&all, &[])
+    }
+
+    /// Starts `engine serve --port 0 <args>` with extra environment variables (e.g. a
+    /// model store in `ENGINE_MODELS`) and waits for `/health`.
+    pub fn start_with(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
             .arg("serve")
-            .arg("-m")
-            .arg(&model)
             .args(["--host", "127.0.0.1", "--port", "0", "-t", "2"])
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -94,6 +102,19 @@ impl Server {
 
     pub fn logs(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Resident memory of the server process (VmRSS), in bytes.
+    pub fn rss(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line["VmRSS:".len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
     }
 
     pub fn url(&self) -> String {

@@ -14,8 +14,11 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use engine_store::KeepAlive;
+
 use crate::admission::{Permit, Refusal};
 use crate::app::{AppState, Loaded};
+use crate::models::Lease;
 use crate::scheduler::{Done, Event, GenParams, TokenOut};
 
 /// Which API's error shape to use.
@@ -136,32 +139,44 @@ pub fn parse_body<T: DeserializeOwned>(
         .map_err(|e| ApiError::bad_request(flavor, format!("invalid JSON body: {e}")))
 }
 
-/// The loaded model, or 503 while it loads.
-pub fn loaded(state: &AppState, flavor: Flavor) -> Result<Arc<Loaded>, ApiError> {
-    state.loaded.get().cloned().ok_or_else(|| {
+/// The model a request names (or the only one served), loaded and held for the request:
+/// 503 while the `-m` model loads at startup, 404 for a name no served model answers to,
+/// and the load's own errors (a model over the memory budget, a failed load). A request's
+/// `keep_alive` (Ollama's: a duration string or seconds; 0 unloads after the request,
+/// negative keeps the model forever) replaces the model's.
+pub async fn loaded(
+    state: &Arc<AppState>,
+    name: Option<&str>,
+    keep_alive: Option<&serde_json::Value>,
+    flavor: Flavor,
+) -> Result<Lease, ApiError> {
+    if !state.ready.load(std::sync::atomic::Ordering::Acquire) {
         let mut e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             flavor,
             "the model is loading",
         );
         e.retry_after = Some(state.cfg.retry_after_secs);
-        e
-    })
+        return Err(e);
+    }
+    let keep_alive = keep_alive_of(keep_alive, flavor)?;
+    state
+        .registry
+        .acquire(name, keep_alive)
+        .await
+        .map_err(|e| e.into_api(flavor, state.cfg.retry_after_secs))
 }
 
-/// Checks that `name` (if given) names the served model: 404 otherwise.
-pub fn check_model(loaded: &Loaded, name: Option<&str>, flavor: Flavor) -> Result<(), ApiError> {
-    match name {
-        None => Ok(()),
-        Some(n) if n.trim().is_empty() || loaded.answers_to(n) => Ok(()),
-        Some(n) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            flavor,
-            format!(
-                "model '{n}' not found; this server serves '{}'",
-                loaded.names[0]
-            ),
-        )),
+/// Parses a request's `keep_alive` (`null` = not given).
+pub fn keep_alive_of(
+    v: Option<&serde_json::Value>,
+    flavor: Flavor,
+) -> Result<Option<KeepAlive>, ApiError> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => KeepAlive::from_json(v)
+            .map(Some)
+            .map_err(|e| ApiError::bad_request(flavor, e)),
     }
 }
 
@@ -236,9 +251,11 @@ pub fn submit(
     prompt: Vec<u32>,
     params: GenParams,
     arrived: Instant,
-    permit: Permit,
+    mut permit: Permit,
     flavor: Flavor,
 ) -> Result<UnboundedReceiver<Event>, ApiError> {
+    // the job keeps its model loaded until it is done
+    permit.hold(loaded.busy());
     loaded
         .sched
         .generate(prompt, params, arrived, Some(permit))

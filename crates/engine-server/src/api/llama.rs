@@ -30,6 +30,8 @@ enum Prompt {
 
 #[derive(Deserialize, Debug)]
 struct CompletionRequest {
+    /// The model (a multi-model server needs it).
+    model: Option<String>,
     prompt: Prompt,
     #[serde(default)]
     stream: bool,
@@ -98,7 +100,7 @@ pub async fn completion(
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let req: CompletionRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
-    let l = common::loaded(&state, F)?;
+    let l = common::loaded(&state, req.model.as_deref(), None, F).await?;
     if req.grammar.is_some() || req.json_schema.is_some() {
         return Err(ApiError::bad_request(
             F,
@@ -106,7 +108,8 @@ pub async fn completion(
         ));
     }
     let max_tokens = match req.n_predict {
-        None | Some(-1) => None,
+        None => l.defaults.max_tokens,
+        Some(-1) => None,
         Some(n) if n < -1 => {
             return Err(ApiError::bad_request(
                 F,
@@ -115,7 +118,7 @@ pub async fn completion(
         }
         Some(n) => Some(n as usize),
     };
-    let d = engine::SamplingParams::default();
+    let d = l.defaults.sampling.clone();
     let sampling = engine::SamplingParams {
         temperature: req.temperature.unwrap_or(d.temperature),
         top_k: req.top_k.map(|k| k.max(0) as usize).unwrap_or(d.top_k),
@@ -125,7 +128,10 @@ pub async fn completion(
         repeat_last_n: req.repeat_last_n.unwrap_or(d.repeat_last_n),
         presence_penalty: req.presence_penalty.unwrap_or(d.presence_penalty),
         frequency_penalty: req.frequency_penalty.unwrap_or(d.frequency_penalty),
-        seed: common::seed(req.seed),
+        seed: match req.seed {
+            Some(s) => common::seed(Some(s)),
+            None => d.seed,
+        },
     };
     sampling
         .validate()
@@ -136,7 +142,7 @@ pub async fn completion(
         stop: match req.stop {
             Some(Stop::One(s)) => vec![s],
             Some(Stop::Many(v)) => v,
-            None => vec![],
+            None => l.defaults.stop.clone(),
         },
         logprobs: req.n_probs.filter(|&n| n > 0).map(|n| n.min(20)),
         ignore_eos: req.ignore_eos.unwrap_or(false),
@@ -208,6 +214,7 @@ impl Framer for CompletionFramer {
 
 #[derive(Deserialize, Debug)]
 struct TokenizeRequest {
+    model: Option<String>,
     content: String,
     #[serde(default)]
     add_special: bool,
@@ -227,7 +234,7 @@ pub async fn tokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: TokenizeRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
-    let l = common::loaded(&state, F)?;
+    let l = common::loaded(&state, req.model.as_deref(), None, F).await?;
     let tok = l.model.tokenizer().clone();
     let (add, parse) = (req.add_special, req.parse_special);
     let ids = tokio::task::spawn_blocking(move || tok.encode(&req.content, add, parse))
@@ -250,6 +257,7 @@ pub async fn tokenize(
 
 #[derive(Deserialize, Debug)]
 struct DetokenizeRequest {
+    model: Option<String>,
     tokens: Vec<u32>,
 }
 
@@ -259,13 +267,14 @@ pub async fn detokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: DetokenizeRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
-    let l = common::loaded(&state, F)?;
+    let l = common::loaded(&state, req.model.as_deref(), None, F).await?;
     common::check_ids(&l, &req.tokens, F)?;
     Ok(Json(json!({ "content": l.model.detokenize(&req.tokens, false) })).into_response())
 }
 
 #[derive(Deserialize, Debug)]
 struct ApplyTemplateRequest {
+    model: Option<String>,
     messages: Vec<Value>,
     #[serde(default = "yes")]
     add_generation_prompt: bool,
@@ -277,8 +286,10 @@ pub async fn apply_template(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: ApplyTemplateRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
-    let l = common::loaded(&state, F)?;
-    let messages = super::openai::normalize_messages(req.messages)?;
+    let l = common::loaded(&state, req.model.as_deref(), None, F).await?;
+    let messages = l
+        .defaults
+        .apply(super::openai::normalize_messages(req.messages)?, None);
     let opts = RenderOptions {
         add_generation_prompt: req.add_generation_prompt,
         ..Default::default()

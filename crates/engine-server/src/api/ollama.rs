@@ -15,7 +15,10 @@ use serde_json::{json, Value};
 
 use super::common::{self, ApiError, Flavor, Framer};
 use super::openai::{self, Stop};
+use engine_store::KeepAlive;
+
 use crate::app::{AppState, Loaded};
+use crate::models::Entry;
 use crate::reasoning::ReasoningParser;
 use crate::scheduler::{Done, Event, GenParams};
 use crate::template::{ReasoningSyntax, RenderOptions};
@@ -57,6 +60,7 @@ struct GenerateRequest {
     think: Option<Value>,
     logprobs: Option<bool>,
     top_logprobs: Option<usize>,
+    keep_alive: Option<Value>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -69,6 +73,7 @@ struct ChatRequest {
     options: Option<Options>,
     tools: Option<Value>,
     think: Option<Value>,
+    keep_alive: Option<Value>,
 }
 
 fn params(
@@ -88,7 +93,8 @@ fn params(
         }
     }
     let max_tokens = match o.num_predict {
-        None | Some(-1) | Some(-2) => None,
+        None => l.defaults.max_tokens,
+        Some(-1) | Some(-2) => None,
         Some(n) if n < 0 => {
             return Err(ApiError::bad_request(
                 F,
@@ -97,7 +103,7 @@ fn params(
         }
         Some(n) => Some(n as usize),
     };
-    let d = engine::SamplingParams::default();
+    let d = l.defaults.sampling.clone();
     let sampling = engine::SamplingParams {
         temperature: o.temperature.unwrap_or(d.temperature),
         top_k: o.top_k.map(|k| k.max(0) as usize).unwrap_or(d.top_k),
@@ -107,7 +113,10 @@ fn params(
         repeat_last_n: o.repeat_last_n.unwrap_or(d.repeat_last_n),
         presence_penalty: o.presence_penalty.unwrap_or(d.presence_penalty),
         frequency_penalty: o.frequency_penalty.unwrap_or(d.frequency_penalty),
-        seed: common::seed(o.seed),
+        seed: match o.seed {
+            Some(s) => common::seed(Some(s)),
+            None => d.seed,
+        },
     };
     sampling
         .validate()
@@ -138,7 +147,7 @@ fn params(
                 Stop::One(s) => vec![s],
                 Stop::Many(v) => v,
             })
-            .unwrap_or_default(),
+            .unwrap_or_else(|| l.defaults.stop.clone()),
         logprobs,
         ignore_eos: false,
         json,
@@ -207,8 +216,12 @@ pub async fn generate(
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let req: GenerateRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
-    let l = common::loaded(&state, F)?;
-    common::check_model(&l, Some(&req.model), F)?;
+    let context = req.context.clone().unwrap_or_default();
+    if req.prompt.is_empty() && context.is_empty() {
+        // Ollama's "load the model" request, or with keep_alive 0 "unload it"
+        return load_or_unload(&state, &req.model, req.keep_alive.as_ref(), false).await;
+    }
+    let l = common::loaded(&state, Some(&req.model), req.keep_alive.as_ref(), F).await?;
     if req.images.as_ref().is_some_and(|v| !v.is_empty()) {
         return Err(ApiError::bad_request(
             F,
@@ -228,15 +241,6 @@ pub async fn generate(
         ));
     }
     let stream = req.stream.unwrap_or(true);
-    let context = req.context.unwrap_or_default();
-    if req.prompt.is_empty() && context.is_empty() {
-        // Ollama's "load the model" request: it is loaded.
-        let v = json!({
-            "model": l.names[0], "created_at": now_rfc3339(), "response": "",
-            "done": true, "done_reason": "load",
-        });
-        return Ok(Json(v).into_response());
-    }
     let logprobs = if req.logprobs.unwrap_or(false) {
         Some(req.top_logprobs.unwrap_or(0).min(20))
     } else {
@@ -254,11 +258,11 @@ pub async fn generate(
         let ids = common::tokenize(&l, req.prompt, context.is_empty(), F).await?;
         (ids, false)
     } else {
-        let mut msgs = Vec::new();
-        if let Some(s) = req.system.filter(|s| !s.is_empty()) {
-            msgs.push(json!({"role": "system", "content": s}));
-        }
-        msgs.push(json!({"role": "user", "content": req.prompt}));
+        // the request's `system` replaces the model's SYSTEM
+        let msgs = l.defaults.apply(
+            vec![json!({"role": "user", "content": req.prompt})],
+            req.system.filter(|s| !s.is_empty()),
+        );
         let opts = RenderOptions {
             add_generation_prompt: true,
             enable_thinking: thinking,
@@ -330,17 +334,11 @@ pub async fn chat(
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let req: ChatRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
-    let l = common::loaded(&state, F)?;
-    common::check_model(&l, Some(&req.model), F)?;
-    let stream = req.stream.unwrap_or(true);
     if req.messages.is_empty() {
-        let v = json!({
-            "model": l.names[0], "created_at": now_rfc3339(),
-            "message": {"role": "assistant", "content": ""},
-            "done": true, "done_reason": "load",
-        });
-        return Ok(Json(v).into_response());
+        return load_or_unload(&state, &req.model, req.keep_alive.as_ref(), true).await;
     }
+    let l = common::loaded(&state, Some(&req.model), req.keep_alive.as_ref(), F).await?;
+    let stream = req.stream.unwrap_or(true);
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.into_iter().enumerate() {
         let Value::Object(mut o) = m else {
@@ -378,6 +376,7 @@ pub async fn chat(
         }
         messages.push(Value::Object(o));
     }
+    let messages = l.defaults.apply(messages, None);
     let params = params(&l, req.options, req.format.as_ref(), None)?;
     let thinking = think_flag(&req.think);
     let syntax = openai::reasoning_syntax(&state, &l, None, F)?;
@@ -511,24 +510,18 @@ impl Framer for NdFramer {
     }
 }
 
-fn details(l: &Loaded) -> Value {
-    let info = l.model.info();
-    let quant = l
-        .model
-        .gguf()
-        .get_int("general.file_type")
-        .ok()
-        .flatten()
-        .map(file_type_name)
-        .unwrap_or("unknown");
-    json!({
-        "parent_model": "",
-        "format": "gguf",
-        "family": info.arch,
-        "families": [info.arch],
-        "parameter_size": human_params(info.n_params),
-        "quantization_level": quant,
-    })
+fn details(e: &Entry) -> Value {
+    match e.facts() {
+        Ok(f) => json!({
+            "parent_model": "",
+            "format": "gguf",
+            "family": f.arch,
+            "families": [f.arch],
+            "parameter_size": human_params(f.n_params),
+            "quantization_level": f.quant,
+        }),
+        Err(_) => json!({"parent_model": "", "format": "gguf"}),
+    }
 }
 
 fn human_params(n: u64) -> String {
@@ -540,7 +533,7 @@ fn human_params(n: u64) -> String {
 }
 
 /// llama.cpp's `general.file_type` codes.
-fn file_type_name(t: i64) -> &'static str {
+pub(crate) fn file_type_name(t: i64) -> &'static str {
     match t {
         0 => "F32",
         1 => "F16",
@@ -566,31 +559,111 @@ fn file_type_name(t: i64) -> &'static str {
     }
 }
 
-fn model_entry(l: &Loaded) -> Value {
+/// A name as Ollama lists it: with a tag (`:latest` unless it has one).
+fn tagged(name: &str) -> String {
+    if name.contains(':') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
+}
+
+fn model_entry(e: &Entry) -> Value {
+    let modified = std::fs::metadata(&e.spec.path)
+        .and_then(|m| m.modified())
+        .map(rfc3339_system)
+        .unwrap_or_else(|_| rfc3339(0));
+    let digest = e.spec.digest.clone().unwrap_or_else(|| {
+        crate::app::file_digest(&e.spec.path, std::fs::metadata(&e.spec.path).ok().as_ref())
+    });
     json!({
-        "name": format!("{}:latest", l.names[0]),
-        "model": format!("{}:latest", l.names[0]),
-        "modified_at": rfc3339(l.created),
-        "size": l.file_size,
-        "digest": l.digest,
-        "details": details(l),
+        "name": tagged(&e.names[0]),
+        "model": tagged(&e.names[0]),
+        "modified_at": modified,
+        "size": e.facts().map(|f| f.file_size).unwrap_or(0),
+        "digest": digest,
+        "details": details(e),
     })
 }
 
-/// `GET /api/tags`: the served model.
-pub async fn tags(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let l = common::loaded(&state, F)?;
-    Ok(Json(json!({ "models": [model_entry(&l)] })).into_response())
+/// RFC 3339 in UTC for a system time.
+pub(crate) fn rfc3339_system(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    rfc3339(secs)
 }
 
-/// `GET /api/ps`: the loaded model (always resident while the server runs).
+/// `GET /api/tags`: every served model.
+pub async fn tags(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    if !state.ready.load(std::sync::atomic::Ordering::Acquire) {
+        common::loaded(&state, None, None, F).await?;
+    }
+    let models: Vec<Value> = state.registry.entries().iter().map(model_entry).collect();
+    Ok(Json(json!({ "models": models })).into_response())
+}
+
+/// `GET /api/ps`: the loaded models, their memory and when they unload (Ollama's shape:
+/// `size` is the estimated memory, `expires_at` far in the future for "never").
 pub async fn ps(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let l = common::loaded(&state, F)?;
-    let mut m = model_entry(&l);
-    m["expires_at"] = json!("2999-12-31T23:59:59Z");
-    m["size_vram"] = json!(0);
-    m["context_length"] = json!(l.n_ctx);
-    Ok(Json(json!({ "models": [m] })).into_response())
+    if !state.ready.load(std::sync::atomic::Ordering::Acquire) {
+        common::loaded(&state, None, None, F).await?;
+    }
+    let entries = state.registry.entries();
+    let models: Vec<Value> = state
+        .registry
+        .status()
+        .into_iter()
+        .map(|s| {
+            let mut m = model_entry(&entries[s.index]);
+            m["size"] = json!(s.bytes);
+            m["size_vram"] = json!(0);
+            m["expires_at"] = json!(match s.expires_at {
+                Some(t) => rfc3339_system(t),
+                None => "2318-11-24T00:00:00Z".to_string(),
+            });
+            m["context_length"] = json!(s.loaded.n_ctx);
+            m["busy"] = json!(s.busy);
+            m
+        })
+        .collect();
+    Ok(Json(json!({ "models": models })).into_response())
+}
+
+/// Ollama's empty `/api/generate` or `/api/chat`: load the model (`done_reason: "load"`),
+/// or with `keep_alive: 0` unload it (`"unload"`, at once if idle, else after its running
+/// requests).
+async fn load_or_unload(
+    state: &Arc<AppState>,
+    model: &str,
+    keep_alive: Option<&Value>,
+    chat: bool,
+) -> Result<Response, ApiError> {
+    let ka = common::keep_alive_of(keep_alive, F)?;
+    let name;
+    let reason = if ka == Some(KeepAlive::Unload) {
+        let idx = state
+            .registry
+            .find(Some(model))
+            .map_err(|e| e.into_api(F, state.cfg.retry_after_secs))?;
+        name = state.registry.entries()[idx].names[0].clone();
+        state.registry.unload(idx).await;
+        "unload"
+    } else {
+        let l = common::loaded(state, Some(model), keep_alive, F).await?;
+        name = l.names[0].clone();
+        "load"
+    };
+    let mut v = json!({
+        "model": name, "created_at": now_rfc3339(), "done": true, "done_reason": reason,
+    });
+    if chat {
+        v["message"] = json!({"role": "assistant", "content": ""});
+    } else {
+        v["response"] = json!("");
+    }
+    Ok(Json(v).into_response())
 }
 
 /// `GET /api/version`.
@@ -606,53 +679,110 @@ struct ShowRequest {
     verbose: bool,
 }
 
-/// `POST /api/show`: details, metadata, template and capabilities.
+/// `POST /api/show`: details, metadata, template, the Modelfile and capabilities. A model that
+/// is not loaded is described from its file (it is not loaded for this).
 pub async fn show(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: ShowRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
-    let l = common::loaded(&state, F)?;
+    if !state.ready.load(std::sync::atomic::Ordering::Acquire) {
+        common::loaded(&state, None, None, F).await?;
+    }
     let name = req.model.or(req.name).unwrap_or_default();
     if name.trim().is_empty() {
         return Err(ApiError::bad_request(F, "model is required"));
     }
-    common::check_model(&l, Some(&name), F)?;
-    let mut info = serde_json::Map::new();
-    for (k, v) in l.model.gguf().metadata() {
-        if k == "tokenizer.chat_template" {
-            continue;
+    let idx = state
+        .registry
+        .find(Some(&name))
+        .map_err(|e| e.into_api(F, state.cfg.retry_after_secs))?;
+    let entry = &state.registry.entries()[idx];
+    let loaded = state
+        .registry
+        .status()
+        .into_iter()
+        .find(|s| s.index == idx)
+        .map(|s| s.loaded);
+    let path = entry.spec.path.clone();
+    let verbose = req.verbose;
+    let (info, license, gguf_template) = tokio::task::spawn_blocking(move || {
+        let g = engine_gguf::GgufModel::open(&path, true).map_err(|e| e.to_string())?;
+        let mut info = serde_json::Map::new();
+        for (k, v) in g.metadata() {
+            if k == "tokenizer.chat_template" {
+                continue;
+            }
+            let value = match v.as_array() {
+                // Ollama leaves large arrays (the vocabulary) out unless asked to be verbose.
+                Some(_) if !verbose => Value::Null,
+                Some(_) => json!(v.to_string()),
+                None => match (v.as_str(), v.as_bool(), v.as_int(), v.as_float()) {
+                    (Some(s), ..) => json!(s),
+                    (_, Some(b), ..) => json!(b),
+                    (_, _, Some(i), _) => json!(i),
+                    (_, _, _, Some(f)) => json!(f),
+                    _ => continue,
+                },
+            };
+            info.insert(k.clone(), value);
         }
-        let value = match v.as_array() {
-            // Ollama leaves large arrays (the vocabulary) out unless asked to be verbose.
-            Some(_) if !req.verbose => Value::Null,
-            Some(_) => json!(v.to_string()),
-            None => match (v.as_str(), v.as_bool(), v.as_int(), v.as_float()) {
-                (Some(s), ..) => json!(s),
-                (_, Some(b), ..) => json!(b),
-                (_, _, Some(i), _) => json!(i),
-                (_, _, _, Some(f)) => json!(f),
-                _ => continue,
-            },
-        };
-        info.insert(k.clone(), value);
+        let license = g
+            .get_str("general.license")
+            .ok()
+            .flatten()
+            .unwrap_or("")
+            .to_string();
+        let tmpl = g
+            .get_str("tokenizer.chat_template")
+            .ok()
+            .flatten()
+            .map(str::to_string);
+        Ok::<_, String>((info, license, tmpl))
+    })
+    .await
+    .map_err(|e| ApiError::internal(F, e.to_string()))?
+    .map_err(|e| {
+        ApiError::internal(F, format!("cannot read {}: {e}", entry.spec.path.display()))
+    })?;
+    let mut info = info;
+    if let Ok(f) = entry.facts() {
+        info.insert("general.parameter_count".into(), json!(f.n_params));
     }
-    info.insert(
-        "general.parameter_count".into(),
-        json!(l.model.info().n_params),
-    );
-    let path = state.cfg.model_path.display().to_string();
-    Ok(Json(json!({
-        "license": l.model.gguf().get_str("general.license").ok().flatten().unwrap_or(""),
-        "modelfile": format!("# Modelfile generated by engine\nFROM {path}\n"),
-        "parameters": "",
-        "template": l.template.source,
-        "details": details(&l),
+    let preset = &entry.spec.preset;
+    let template = match &loaded {
+        Some(l) => l.template.source.clone(),
+        None => preset
+            .template
+            .clone()
+            .or(gguf_template)
+            .unwrap_or_default(),
+    };
+    let parameters: Vec<String> = preset
+        .parameters
+        .modelfile_lines()
+        .into_iter()
+        .map(|l| l.trim_start_matches("PARAMETER ").to_string())
+        .chain(preset.num_ctx.map(|n| format!("num_ctx {n}")))
+        .collect();
+    let from = entry.spec.path.display().to_string();
+    let mut v = json!({
+        "license": license,
+        "modelfile": engine_store::modelfile::render(&from, preset),
+        "parameters": parameters.join("\n"),
+        "template": template,
+        "details": details(entry),
         "model_info": info,
         "capabilities": ["completion", "embedding"],
-        "modified_at": rfc3339(l.created),
-    }))
-    .into_response())
+        "modified_at": model_entry(entry)["modified_at"],
+    });
+    if let Some(sys) = &preset.system {
+        v["system"] = json!(sys);
+    }
+    if !preset.messages.is_empty() {
+        v["messages"] = json!(preset.messages);
+    }
+    Ok(Json(v).into_response())
 }
 
 #[derive(Deserialize, Debug)]
@@ -668,6 +798,7 @@ struct EmbedRequest {
     input: EmbedInput,
     truncate: Option<bool>,
     dimensions: Option<usize>,
+    keep_alive: Option<Value>,
 }
 
 /// `POST /api/embed`. Inputs longer than the context are refused unless the request says
@@ -678,8 +809,7 @@ pub async fn embed(
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let req: EmbedRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
-    let l = common::loaded(&state, F)?;
-    common::check_model(&l, Some(&req.model), F)?;
+    let l = common::loaded(&state, Some(&req.model), req.keep_alive.as_ref(), F).await?;
     let texts = match req.input {
         EmbedInput::One(s) => vec![s],
         EmbedInput::Many(v) => v,
@@ -700,6 +830,7 @@ pub async fn embed(
 struct LegacyEmbedRequest {
     model: String,
     prompt: String,
+    keep_alive: Option<Value>,
 }
 
 /// `POST /api/embeddings` (Ollama's older endpoint): one vector.
@@ -709,8 +840,7 @@ pub async fn embeddings(
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let req: LegacyEmbedRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
-    let l = common::loaded(&state, F)?;
-    common::check_model(&l, Some(&req.model), F)?;
+    let l = common::loaded(&state, Some(&req.model), req.keep_alive.as_ref(), F).await?;
     let inputs = openai::embed_inputs(&l, vec![req.prompt], false, F).await?;
     let mut out = openai::run_embed(&state, &l, inputs, arrived, F).await?;
     Ok(Json(json!({ "embedding": out.embeddings.pop().unwrap_or_default() })).into_response())

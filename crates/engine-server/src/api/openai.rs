@@ -14,8 +14,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::common::{self, ApiError, Flavor, Framer};
+use super::ollama;
 use crate::app::{AppState, Loaded};
 use crate::config::ReasoningFormat;
+use crate::models::Defaults;
 use crate::reasoning::ReasoningParser;
 use crate::scheduler::{Done, Event, GenParams, TokenOut};
 use crate::template::{ReasoningSyntax, RenderOptions};
@@ -71,10 +73,16 @@ struct Common {
     response_format: Option<Value>,
     cache_prompt: Option<bool>,
     ignore_eos: Option<bool>,
+    /// Ollama's keep-alive, accepted here too.
+    keep_alive: Option<Value>,
 }
 
 impl Common {
-    fn params(self, logprobs: Option<usize>) -> Result<(GenParams, bool, bool), ApiError> {
+    fn params(
+        self,
+        logprobs: Option<usize>,
+        defaults: &Defaults,
+    ) -> Result<(GenParams, bool, bool), ApiError> {
         if self.n.is_some_and(|n| n != 1) {
             return Err(ApiError::bad_request(F, "only n = 1 is supported"));
         }
@@ -83,7 +91,7 @@ impl Common {
             .or(self.max_tokens)
             .or(self.n_predict);
         let max_tokens = match max {
-            None => None,
+            None => defaults.max_tokens,
             Some(n) if n < -1 => {
                 return Err(ApiError::bad_request(
                     F,
@@ -93,7 +101,7 @@ impl Common {
             Some(-1) => None,
             Some(n) => Some(n as usize),
         };
-        let d = engine::SamplingParams::default();
+        let d = defaults.sampling.clone();
         let top_k = match self.top_k {
             Some(k) if k < 0 => 0,
             Some(k) => k as usize,
@@ -108,7 +116,10 @@ impl Common {
             repeat_last_n: self.repeat_last_n.unwrap_or(d.repeat_last_n),
             presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
             frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
-            seed: common::seed(self.seed),
+            seed: match self.seed {
+                Some(s) => common::seed(Some(s)),
+                None => d.seed,
+            },
         };
         sampling
             .validate()
@@ -132,7 +143,10 @@ impl Common {
                 }
             },
         };
-        let stop = self.stop.map(Stop::into_vec).unwrap_or_default();
+        let stop = self
+            .stop
+            .map(Stop::into_vec)
+            .unwrap_or_else(|| defaults.stop.clone());
         if stop.len() > 16 {
             return Err(ApiError::bad_request(
                 F,
@@ -190,28 +204,58 @@ struct CompletionRequest {
     suffix: Option<String>,
 }
 
-/// `GET /v1/models`.
+/// `GET /v1/models`: every served model; loaded ones say so (llama-server's router `status`)
+/// with their memory, context and expiry.
 pub async fn models(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let l = common::loaded(&state, F)?;
-    let info = l.model.info();
-    Ok(Json(json!({
-        "object": "list",
-        "data": [{
-            "id": l.names[0],
-            "object": "model",
-            "created": l.created,
-            "owned_by": "engine",
-            "meta": {
-                "n_ctx": l.n_ctx,
-                "n_ctx_train": info.n_ctx_train,
-                "n_vocab": info.n_vocab,
-                "n_embd": info.n_embd,
-                "n_params": info.n_params,
-                "size": l.file_size,
+    if !state.ready.load(std::sync::atomic::Ordering::Acquire) {
+        // the -m model while it loads: as before, 503
+        common::loaded(&state, None, None, F).await?;
+    }
+    let reg = &state.registry;
+    let status = reg.status();
+    let mut data = Vec::new();
+    for (i, e) in reg.entries().iter().enumerate() {
+        let loaded = status.iter().find(|s| s.index == i);
+        let facts = e.facts().ok();
+        let mut meta = json!({
+            "size": facts.map(|f| f.file_size),
+            "n_params": facts.map(|f| f.n_params),
+            "n_ctx_train": facts.and_then(|f| f.n_ctx_train),
+            "architecture": facts.map(|f| f.arch.clone()),
+            "quantization": facts.map(|f| f.quant.clone()),
+        });
+        let mut created = std::fs::metadata(&e.spec.path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let st = match loaded {
+            Some(s) => {
+                let info = s.loaded.model.info();
+                created = s.loaded.created;
+                meta["n_ctx"] = json!(s.loaded.n_ctx);
+                meta["n_ctx_train"] = json!(info.n_ctx_train);
+                meta["n_vocab"] = json!(info.n_vocab);
+                meta["n_embd"] = json!(info.n_embd);
+                meta["n_params"] = json!(info.n_params);
+                meta["memory"] = json!(s.bytes);
+                meta["expires_at"] = json!(s.expires_at.map(ollama::rfc3339_system));
+                "loaded"
             }
-        }]
-    }))
-    .into_response())
+            None => reg.state_name(i),
+        };
+        data.push(json!({
+            "id": e.names[0],
+            "object": "model",
+            "created": created,
+            "owned_by": "engine",
+            "aliases": e.names[1..],
+            "status": {"value": st},
+            "meta": meta,
+        }));
+    }
+    Ok(Json(json!({ "object": "list", "data": data })).into_response())
 }
 
 /// Normalises chat messages for templates: `content` as a string (text parts joined); 400
@@ -325,16 +369,21 @@ pub async fn chat(
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let req: ChatRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
-    let l = common::loaded(&state, F)?;
-    common::check_model(&l, req.common.model.as_deref(), F)?;
-    let messages = normalize_messages(req.messages)?;
+    let l = common::loaded(
+        &state,
+        req.common.model.as_deref(),
+        req.common.keep_alive.as_ref(),
+        F,
+    )
+    .await?;
+    let messages = l.defaults.apply(normalize_messages(req.messages)?, None);
     let logprobs = if req.logprobs.unwrap_or(false) {
         Some(req.top_logprobs.unwrap_or(0).min(20))
     } else {
         None
     };
     let syntax = reasoning_syntax(&state, &l, req.reasoning_format.as_deref(), F)?;
-    let (mut params, stream, include_usage) = req.common.params(logprobs)?;
+    let (mut params, stream, include_usage) = req.common.params(logprobs, &l.defaults)?;
     params.render_special = l.template.reasoning == ReasoningSyntax::Harmony;
     let mut extra = req.chat_template_kwargs.unwrap_or_default();
     let enable_thinking = extra.remove("enable_thinking").and_then(|v| v.as_bool());
@@ -403,8 +452,13 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let req: CompletionRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
-    let l = common::loaded(&state, F)?;
-    common::check_model(&l, req.common.model.as_deref(), F)?;
+    let l = common::loaded(
+        &state,
+        req.common.model.as_deref(),
+        req.common.keep_alive.as_ref(),
+        F,
+    )
+    .await?;
     if req.echo.unwrap_or(false) {
         return Err(ApiError::bad_request(F, "echo is not supported"));
     }
@@ -415,7 +469,7 @@ pub async fn completions(
         ));
     }
     let logprobs = req.logprobs.map(|k| k.min(20));
-    let (params, stream, include_usage) = req.common.params(logprobs)?;
+    let (params, stream, include_usage) = req.common.params(logprobs, &l.defaults)?;
     let permit = common::admit(&state, F)?;
     let one = |n: usize| {
         if n == 1 {
@@ -492,6 +546,7 @@ struct EmbeddingRequest {
     model: Option<String>,
     encoding_format: Option<String>,
     dimensions: Option<usize>,
+    keep_alive: Option<Value>,
 }
 
 /// Tokenizes embedding inputs, refusing (never truncating) any longer than the context.
@@ -543,7 +598,8 @@ pub async fn run_embed(
     arrived: Instant,
     flavor: Flavor,
 ) -> Result<crate::scheduler::EmbedOut, ApiError> {
-    let permit = common::admit(state, flavor)?;
+    let mut permit = common::admit(state, flavor)?;
+    permit.hold(l.busy());
     let rx = l.sched.embed(inputs, arrived, Some(permit)).map_err(|_| {
         ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -584,8 +640,7 @@ pub async fn embeddings(
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let req: EmbeddingRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
-    let l = common::loaded(&state, F)?;
-    common::check_model(&l, req.model.as_deref(), F)?;
+    let l = common::loaded(&state, req.model.as_deref(), req.keep_alive.as_ref(), F).await?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -926,7 +981,7 @@ mod tests {
         let c: Common =
             serde_json::from_value(json!({"temperature": 0, "max_tokens": 5, "stop": "x"}))
                 .unwrap();
-        let (p, stream, usage) = c.params(None).unwrap();
+        let (p, stream, usage) = c.params(None, &Defaults::default()).unwrap();
         assert_eq!(p.max_tokens, Some(5));
         assert_eq!(p.stop, vec!["x"]);
         assert_eq!(p.sampling.temperature, 0.0);
@@ -939,10 +994,10 @@ mod tests {
             json!({"response_format": {"type": "yaml"}}),
         ] {
             let c: Common = serde_json::from_value(bad.clone()).unwrap();
-            assert!(c.params(None).is_err(), "{bad}");
+            assert!(c.params(None, &Defaults::default()).is_err(), "{bad}");
         }
         let c: Common = serde_json::from_value(json!({"response_format": {"type": "json_object"}, "max_completion_tokens": 1000000000})).unwrap();
-        let (p, _, _) = c.params(Some(2)).unwrap();
+        let (p, _, _) = c.params(Some(2), &Defaults::default()).unwrap();
         assert!(p.json);
         assert_eq!(p.max_tokens, Some(1_000_000_000));
         assert_eq!(p.logprobs, Some(2));
