@@ -9,6 +9,10 @@
 //! * Each round runs every cell once with `-r 1` in both engines, one after the other, so
 //!   slow drifts of a noisy machine hit both alike; the table reports the mean ± stddev over
 //!   rounds and the ratio of the means.
+//! * `--quality` adds one table per ladder: file size, our pp/tg at the most threads asked
+//!   for, perplexity on `benches/data/quality.txt` (ours and llama-perplexity's, which must
+//!   agree) and the KL-divergence against the F16 file's distributions (`engine perplexity
+//!   --kl-divergence`). `--rounds 0` skips the speed cells and runs only that table.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +40,7 @@ struct Options {
     n_gen: usize,
     depth: Vec<usize>,
     json_out: Option<PathBuf>,
+    quality: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -47,6 +52,7 @@ fn parse(args: &[String]) -> Result<Options> {
         n_gen: 128,
         depth: vec![0],
         json_out: None,
+        quality: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -68,10 +74,11 @@ fn parse(args: &[String]) -> Result<Options> {
             "-n" => o.n_gen = val()?.parse()?,
             "-d" => o.depth = list(val()?)?,
             "--json" => o.json_out = Some(PathBuf::from(val()?)),
+            "--quality" => o.quality = true,
             "-h" | "--help" => {
                 eprintln!(
                     "usage: cargo xtask bench-vs-llamacpp [--quants Q4_K_M,Q8_0,...] [-t 1,2] \
-                     [--rounds 3] [-p 512] [-n 128] [-d 0,1024] [--json FILE]"
+                     [--rounds 3] [-p 512] [-n 128] [-d 0,1024] [--json FILE] [--quality]"
                 );
                 std::process::exit(0);
             }
@@ -86,8 +93,8 @@ fn parse(args: &[String]) -> Result<Options> {
             );
         }
     }
-    if o.rounds == 0 || o.threads.is_empty() {
-        bail!("--rounds and --threads need at least one");
+    if (o.rounds == 0 && !o.quality) || o.threads.is_empty() {
+        bail!("--rounds (unless --quality) and --threads need at least one");
     }
     Ok(o)
 }
@@ -207,6 +214,9 @@ fn bench_json(cmd: &mut Command) -> Result<Vec<(String, f64)>> {
     Ok(rows)
 }
 
+/// (quant index, threads, test) -> (llama.cpp samples, engine samples), in t/s.
+type Cells = BTreeMap<(usize, usize, String), (Vec<f64>, Vec<f64>)>;
+
 fn mean_sd(x: &[f64]) -> (f64, f64) {
     let n = x.len() as f64;
     let m = x.iter().sum::<f64>() / n;
@@ -233,9 +243,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_default();
-    // (quant, threads, test) -> (llama.cpp samples, engine samples)
-    type Cell = (Vec<f64>, Vec<f64>);
-    let mut cells: BTreeMap<(usize, usize, String), Cell> = BTreeMap::new();
+    let mut cells = Cells::new();
     let depths = o
         .depth
         .iter()
@@ -300,9 +308,114 @@ pub fn run(args: &[String]) -> Result<()> {
             "llamacpp_ts": a, "engine_ts": b, "ratio": mb / ma,
         }));
     }
+    if o.quality {
+        let rows = quality(&bin, &engine, &o, &cells, &files)?;
+        json.push(serde_json::json!({ "quality": rows }));
+    }
     if let Some(p) = &o.json_out {
         std::fs::write(p, serde_json::to_string_pretty(&json)?)?;
         eprintln!("wrote {}", p.display());
     }
     Ok(())
+}
+
+/// Runs a command and returns its stdout, failing with its stderr.
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// llama-perplexity's final estimate (`Final estimate: PPL = X +/- Y`).
+fn llama_ppl(bin: &Path, model: &Path, text: &Path, threads: usize) -> Result<f64> {
+    let out = Command::new(bin.join("llama-perplexity"))
+        .arg("-m")
+        .arg(model)
+        .arg("-f")
+        .arg(text)
+        .args(["-c", "512", "-b", "512", "-t", &threads.to_string()])
+        .output()
+        .context("cannot run llama-perplexity")?;
+    let all =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let line = all
+        .lines()
+        .find_map(|l| l.split("Final estimate: PPL = ").nth(1))
+        .with_context(|| format!("llama-perplexity printed no estimate: {}", all.trim()))?;
+    line.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .context("unreadable PPL")
+}
+
+/// The quality table: size, speed, perplexity and KL-divergence vs F16 per ladder row.
+fn quality(
+    bin: &Path,
+    engine: &Path,
+    o: &Options,
+    cells: &Cells,
+    files: &[(String, PathBuf)],
+) -> Result<Vec<serde_json::Value>> {
+    let text = workspace_root().join("benches/data/quality.txt");
+    let t = *o.threads.iter().max().expect("checked non-empty");
+    let f16 = ladder(bin, &["F16".to_string()])?.remove(0).1;
+    let base = workspace_root().join(".cache/llamacpp/kld-base-f16.bin");
+    let perplexity = |model: &Path, extra: &[&str]| -> Result<serde_json::Value> {
+        let mut c = Command::new(engine);
+        c.arg("perplexity")
+            .arg("-m")
+            .arg(model)
+            .arg("-f")
+            .arg(&text)
+            .args(["-c", "512", "-t", &t.to_string(), "--json"])
+            .args(extra);
+        Ok(serde_json::from_str(output(&mut c)?.trim())?)
+    };
+    eprintln!("quality: saving the F16 distributions");
+    let b = base.display().to_string();
+    perplexity(&f16, &["--kl-divergence-base", &b])?;
+    let speed = |qi: usize, test: &str| {
+        cells
+            .get(&(qi, t, test.to_string()))
+            .filter(|c| !c.1.is_empty())
+            .map(|c| format!("{:.1}", mean_sd(&c.1).0))
+            .unwrap_or_else(|| "-".into())
+    };
+    let (pp, tg) = (format!("pp{}", o.n_prompt), format!("tg{}", o.n_gen));
+    println!(
+        "\nQuality on benches/data/quality.txt (-c 512), KL-divergence vs the F16 file; speed at {t} thread(s)\n"
+    );
+    println!(
+        "| model | size MiB | {pp} t/s | {tg} t/s | PPL | llama.cpp PPL | mean KLD | same top-1 |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut rows = vec![];
+    for (qi, (label, path)) in files.iter().enumerate() {
+        eprintln!("quality: {label}");
+        let v = perplexity(path, &["--kl-divergence-base", &b, "--kl-divergence"])?;
+        let lp = llama_ppl(bin, path, &text, t)?;
+        let size = std::fs::metadata(path)?.len() as f64 / (1 << 20) as f64;
+        let k = &v["kld"];
+        println!(
+            "| {label} | {size:.1} | {} | {} | {:.4} | {lp:.4} | {:.6} ± {:.6} | {:.2} % |",
+            speed(qi, &pp),
+            speed(qi, &tg),
+            v["ppl"].as_f64().unwrap_or(f64::NAN),
+            k["mean"].as_f64().unwrap_or(f64::NAN),
+            k["mean_err"].as_f64().unwrap_or(f64::NAN),
+            100.0 * k["same_top"].as_f64().unwrap_or(f64::NAN),
+        );
+        rows.push(serde_json::json!({
+            "quant": label, "size_bytes": std::fs::metadata(path)?.len(),
+            "engine": v, "llamacpp_ppl": lp,
+        }));
+    }
+    Ok(rows)
 }

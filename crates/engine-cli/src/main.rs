@@ -43,6 +43,8 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     /// Serve the model over HTTP (OpenAI- and Ollama-compatible APIs).
     Serve(Box<cmd::serve::ServeArgs>),
+    /// Perplexity over a text, and KL-divergence against a base model (llama-perplexity).
+    Perplexity(cmd::perplexity::PerplexityArgs),
 }
 
 /// llama.cpp's tools spell some long options with one dash (`-pg`, `-ub`, `-ctk`); accept
@@ -119,6 +121,7 @@ fn main() {
         Command::Show(a) => cmd::store::show(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Serve(a) => cmd::serve::run(*a),
+        Command::Perplexity(a) => cmd::perplexity::run(a),
     });
     match result {
         Ok(Ok(())) => {}

@@ -8,7 +8,7 @@ use engine_core::{Error, ExpertSpan, Result, SeqRun, SsmScanSpec, Tensor, Weight
 use crate::buffer::{cpu_weight, f32s, f32s_mut};
 use crate::ops;
 use crate::pool::SendPtr;
-use crate::{check, kernels, weight_f32, CpuBackend};
+use crate::{check, weight_f32, CpuBackend};
 
 /// Most experts one MoE layer may have on the CPU backend.
 pub const MAX_EXPERTS: usize = 1024;
@@ -74,7 +74,7 @@ impl CpuBackend {
                 first.shape()
             )));
         }
-        let kern = kernels::kernel(dtype, self.isa).ok_or(Error::UnsupportedType(dtype))?;
+        let (kern, _) = self.kernel_of(first)?;
         // at most a few hundred experts: small fixed arrays would do, but the slices are
         // borrowed views and cost no copy
         let mut ws: [&[u8]; MAX_EXPERTS] = [&[]; MAX_EXPERTS];
@@ -83,7 +83,15 @@ impl CpuBackend {
             format!("{} experts (at most {MAX_EXPERTS})", weights.len())
         })?;
         for (slot, w) in ws.iter_mut().zip(weights) {
-            *slot = cpu_weight(w)?.bytes();
+            let store = cpu_weight(w)?;
+            check(store.layout(dtype) == kern.weight, || {
+                format!(
+                    "expert {} is stored differently from {}",
+                    w.name(),
+                    first.name()
+                )
+            })?;
+            *slot = store.bytes();
         }
         if let Some(b) = biases {
             check(b.len() == weights.len(), || {

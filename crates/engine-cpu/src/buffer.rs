@@ -4,6 +4,7 @@
 use std::any::Any;
 
 use engine_core::tensor::HostBytes;
+use engine_core::DType;
 use engine_core::{DeviceBuffer, Error, Result, Tensor, Weight};
 
 #[derive(Clone, Copy)]
@@ -71,16 +72,32 @@ impl DeviceBuffer for CpuBuffer {
 pub enum CpuWeight {
     /// Bytes left where they are (memory-mapped file).
     View(HostBytes),
-    /// Bytes copied (alignment, conversion or repacking).
+    /// Bytes copied (alignment or conversion), in the weight's own format.
     Owned(CpuBuffer),
+    /// Blocks expanded at load time into another format holding the same values (see
+    /// [`crate::kernels::repack`]).
+    Repacked {
+        /// The expanded blocks.
+        buf: CpuBuffer,
+        /// Their format.
+        layout: DType,
+    },
 }
 
 impl CpuWeight {
-    /// The bytes in ggml layout.
+    /// The bytes, in ggml layout of [`CpuWeight::layout`].
     pub fn bytes(&self) -> &[u8] {
         match self {
             CpuWeight::View(h) => h.as_slice(),
-            CpuWeight::Owned(b) => b.bytes(),
+            CpuWeight::Owned(b) | CpuWeight::Repacked { buf: b, .. } => b.bytes(),
+        }
+    }
+
+    /// The block format of [`CpuWeight::bytes`] for a weight of type `dtype`.
+    pub fn layout(&self, dtype: DType) -> DType {
+        match self {
+            CpuWeight::Repacked { layout, .. } => *layout,
+            _ => dtype,
         }
     }
 

@@ -25,6 +25,13 @@ impl<'a> WeightLoader<'a> {
         }
     }
 
+    /// Bytes a tensor takes once on the backend (which may repack it).
+    fn stored_bytes(&self, t: &engine_gguf::TensorInfo) -> u64 {
+        self.backend
+            .weight_bytes(t.dtype, &t.shape())
+            .map_or(t.size as u64, |b| b as u64)
+    }
+
     /// The row-major shape of a tensor in the file, if present.
     pub fn gguf_shape(&self, name: &str) -> Option<Vec<usize>> {
         self.gguf.tensor(name).map(|t| t.shape())
@@ -66,7 +73,7 @@ impl<'a> WeightLoader<'a> {
             }
         }
         self.check_type(name, t)?;
-        self.bytes += t.size as u64;
+        self.bytes += self.stored_bytes(t);
         let data = self.gguf.tensor_data(t);
         let w = self
             .backend
@@ -117,7 +124,7 @@ impl<'a> WeightLoader<'a> {
             name: name.to_string(),
             problem: format!("rows of {cols} are not whole {} blocks", t.dtype),
         })?;
-        self.bytes += t.size as u64;
+        self.bytes += self.stored_bytes(t);
         let data = self.gguf.tensor_data(t);
         let mut out = Vec::with_capacity(parts.len());
         let mut first = 0;

@@ -23,6 +23,7 @@
 //! * [`bench`]: throughput tests with llama-bench's semantics.
 //! * [`model`]: [`Model`] (weights, tokenizer, backend) and [`Session`] (one sequence).
 //! * [`sampling`]: the sampler.
+//! * [`perplexity`]: perplexity and KL-divergence with llama-perplexity's semantics.
 //! * [`memory`]: memory estimates and the refusal to overcommit.
 //! * [`stop`]: stop strings in streamed text.
 //! * [`harmony`]: the GPT-OSS (harmony) chat format: rendering and reply parsing.
@@ -34,6 +35,7 @@ pub mod error;
 pub mod harmony;
 pub mod memory;
 pub mod model;
+pub mod perplexity;
 pub mod sampling;
 pub mod stop;
 

@@ -58,6 +58,9 @@ pub struct BenchArgs {
     /// Device: cpu.
     #[arg(long = "device", default_value = "cpu")]
     pub device: String,
+    /// Keep weights in their file format (no load-time repacking).
+    #[arg(long = "no-repack")]
+    pub no_repack: bool,
 }
 
 /// Parses llama-bench list values: `a,b,c`, `first-last`, `first-last+step`,
@@ -400,6 +403,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     n_batch: ub.min(max_ctx),
                     kv_type: kv,
                     device: a.device.parse()?,
+                    repack: !a.no_repack,
                     ..Default::default()
                 };
                 let model = Model::load(&path, &opts)

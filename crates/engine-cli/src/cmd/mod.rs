@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod inspect;
 pub mod logits;
+pub mod perplexity;
 pub mod run;
 pub mod serve;
 pub mod store;
@@ -39,6 +40,10 @@ pub struct ModelArgs {
     /// Read the file into memory instead of memory-mapping it.
     #[arg(long = "no-mmap")]
     pub no_mmap: bool,
+    /// Keep weights in their file format (no load-time repacking: less memory for Q5_0
+    /// tensors, slower generation; results are identical).
+    #[arg(long = "no-repack")]
+    pub no_repack: bool,
     /// Device: cpu.
     #[arg(long = "device", default_value = "cpu")]
     pub device: String,
@@ -60,6 +65,7 @@ impl ModelArgs {
             kv_type: kv,
             mmap: !self.no_mmap,
             device: self.device.parse()?,
+            repack: !self.no_repack,
             ..Default::default()
         })
     }

@@ -11,6 +11,7 @@
 
 pub mod act;
 pub mod half_table;
+pub mod repack;
 pub mod scalar;
 
 #[cfg(target_arch = "x86_64")]

@@ -1,0 +1,157 @@
+//! Criterion benches of the CPU kernels, one per kernel × weight type, so a regression in any
+//! of them shows: `cargo bench -p engine-cpu --bench kernels [-- FILTER]`.
+//!
+//! * `gemv/TYPE`: one activation row against 512 weight rows of 2048 (decode), through the
+//!   detected instruction set's pair routine; throughput in weight bytes.
+//! * `gemm/TYPE`: 64 activation rows against 64 weight rows (a prefill tile), through the
+//!   routine the matmul driver picks for a 64-row batch; throughput in multiply-adds.
+//! * `scalar-gemv/TYPE`: the portable reference on the same data, for the SIMD speed-up.
+//! * `act/TYPE`: converting one f32 row of 2048 to an activation format.
+//!
+//! Weights are random values quantized with the project's own encoders, so scales and codes
+//! are realistic.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use engine_core::DType;
+use engine_cpu::kernels::{self, act, Isa, Kernel};
+use rand::{Rng, SeedableRng};
+
+const K: usize = 2048;
+const GEMV_ROWS: usize = 512;
+const GEMM_ROWS: usize = 64;
+const GEMM_COLS: usize = 64;
+
+const TYPES: &[DType] = &[
+    DType::F16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q2_K,
+    DType::Q3_K,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+    DType::IQ4_NL,
+    DType::IQ4_XS,
+    DType::MXFP4,
+];
+
+/// `rows` random rows of `K` encoded as `t` (None when there is no encoder for it).
+fn weights(rng: &mut impl Rng, t: DType, rows: usize) -> Option<Vec<u8>> {
+    let src: Vec<f32> = (0..rows * K).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let mut out = vec![0u8; t.row_bytes(K)? * rows];
+    engine_core::quant::quantize(t, &src, &mut out).ok()?;
+    Some(out)
+}
+
+/// `cols` random activation rows converted to `kern.act`.
+fn activations(rng: &mut impl Rng, kern: &Kernel, cols: usize) -> (Vec<u8>, usize) {
+    let a_row = kern.act.row_bytes(K).expect("whole blocks");
+    let mut a = vec![0u8; a_row * cols];
+    for c in 0..cols {
+        let x: Vec<f32> = (0..K).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+        act::quantize_row(kern.act, &x, &mut a[c * a_row..(c + 1) * a_row]);
+    }
+    (a, a_row)
+}
+
+fn gemv(kern: &Kernel, w: &[u8], a: &[u8], out: &mut [f32]) {
+    let w_row = w.len() / out.len();
+    let dot = kern.dot();
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot(K, &w[r * w_row..(r + 1) * w_row], a);
+    }
+}
+
+fn bench_kernels(c: &mut Criterion) {
+    let isa = Isa::detect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for &t in TYPES {
+        let (Some(kern), Some(scalar)) = (kernels::kernel(t, isa), kernels::kernel(t, Isa::Scalar))
+        else {
+            continue;
+        };
+        let Some(w) = weights(&mut rng, t, GEMV_ROWS) else {
+            eprintln!("{t}: no encoder, not benched");
+            continue;
+        };
+        let (a, a_row) = activations(&mut rng, &kern, GEMM_COLS);
+        let mut out = vec![0f32; GEMV_ROWS * GEMM_COLS];
+
+        let mut g = c.benchmark_group("gemv");
+        g.throughput(Throughput::Bytes(w.len() as u64));
+        g.bench_function(BenchmarkId::new(kern.isa, t), |b| {
+            b.iter(|| gemv(&kern, &w, &a[..a_row], &mut out[..GEMV_ROWS]))
+        });
+        g.finish();
+
+        let mut g = c.benchmark_group("scalar-gemv");
+        g.throughput(Throughput::Bytes(w.len() as u64));
+        g.bench_function(BenchmarkId::from_parameter(t), |b| {
+            b.iter(|| gemv(&scalar, &w, &a[..a_row], &mut out[..GEMV_ROWS]))
+        });
+        g.finish();
+
+        let routine = kern.select(GEMM_ROWS, GEMM_COLS, 0);
+        let w_tile = &w[..t.row_bytes(K).unwrap() * GEMM_ROWS];
+        let mut g = c.benchmark_group("gemm");
+        g.throughput(Throughput::Elements((GEMM_ROWS * GEMM_COLS * K) as u64));
+        g.bench_function(BenchmarkId::new(kern.isa, t), |b| {
+            b.iter(|| match routine.gemm {
+                // SAFETY: `out` holds GEMM_COLS columns of GEMM_ROWS (ldo = GEMM_ROWS), `a`
+                // GEMM_COLS rows of `a_row` bytes, `w_tile` GEMM_ROWS weight rows of K.
+                Some(gemm) => unsafe {
+                    gemm(
+                        K,
+                        w_tile,
+                        GEMM_ROWS,
+                        &a,
+                        a_row,
+                        GEMM_COLS,
+                        out.as_mut_ptr(),
+                        GEMM_ROWS,
+                    )
+                },
+                None => {
+                    let w_row = w_tile.len() / GEMM_ROWS;
+                    for j in 0..GEMM_COLS {
+                        for r in 0..GEMM_ROWS {
+                            out[j * GEMM_ROWS + r] = (routine.dot)(
+                                K,
+                                &w_tile[r * w_row..(r + 1) * w_row],
+                                &a[j * a_row..(j + 1) * a_row],
+                            );
+                        }
+                    }
+                }
+            })
+        });
+        g.finish();
+    }
+
+    let x: Vec<f32> = (0..K).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+    let mut g = c.benchmark_group("act");
+    g.throughput(Throughput::Elements(K as u64));
+    for t in [DType::Q8_0, DType::Q8_K, DType::F16] {
+        let Some(bytes) = t.row_bytes(K) else {
+            continue;
+        };
+        let mut dst = vec![0u8; bytes];
+        g.bench_function(BenchmarkId::from_parameter(t), |b| {
+            b.iter(|| act::quantize_row(t, &x, &mut dst))
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_millis(300))
+        .measurement_time(std::time::Duration::from_secs(1));
+    targets = bench_kernels
+}
+criterion_main!(benches);
