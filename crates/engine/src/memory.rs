@@ -17,9 +17,22 @@ use crate::model::LoadOptions;
 /// its tensors are only looked at, so this is cheap even for a model that would not fit.
 pub fn estimate(path: &Path, opts: &LoadOptions) -> Result<(MemoryEstimate, usize)> {
     let gguf = engine_gguf::GgufModel::open(path, true)?;
-    let backend: Arc<dyn engine_core::Backend> = Arc::new(engine_cpu::CpuBackend::new(1));
+    // Built over views of the map (no repacking, so nothing is copied); the weights are
+    // then counted in the layout the real load will give them.
+    let views = engine_cpu::CpuBackend::new(1).with_repack(false);
+    let stored = engine_cpu::CpuBackend::new(1).with_repack(opts.repack);
+    let backend: Arc<dyn engine_core::Backend> = Arc::new(views);
     let model = engine_models::load(&gguf, backend)?;
     let info = model.info();
+    let extra: u64 = gguf
+        .tensors()
+        .iter()
+        .map(|t| {
+            let s = engine_core::Backend::weight_bytes(&stored, t.dtype, &t.shape())
+                .map_or(t.size as u64, |b| b as u64);
+            s.saturating_sub(t.size as u64)
+        })
+        .sum();
     let n_ctx = if opts.n_ctx == 0 {
         info.n_ctx_train.clamp(1, 4096)
     } else {
@@ -31,7 +44,9 @@ pub fn estimate(path: &Path, opts: &LoadOptions) -> Result<(MemoryEstimate, usiz
         n_batch: opts.n_batch.max(1),
         kv_type: opts.kv_type,
     };
-    Ok((model.memory_estimate(&ctx), n_ctx))
+    let mut est = model.memory_estimate(&ctx);
+    est.weights += extra;
+    Ok((est, n_ctx))
 }
 
 /// Parses a memory size: bytes (`1073741824`), or a number with a unit. `k`, `m`, `g`, `t`
@@ -158,6 +173,29 @@ mod tests {
         assert!(small.weights > 0 && small.weights <= std::fs::metadata(&p).unwrap().len());
         assert_eq!(big.kv_cache, small.kv_cache * 16 * 4);
         assert!(estimate(Path::new("/nonexistent.gguf"), &opts(64, 1)).is_err());
+        // the estimate agrees with what a real load counts
+        let m = crate::Model::load(&p, &opts(64, 1)).unwrap();
+        assert_eq!(small.weights, m.info().weight_bytes);
+    }
+
+    #[test]
+    fn estimate_counts_repacked_weights_like_a_load() {
+        // the default model has Q5_0 tensors, which the CPU backend repacks at load
+        let p = engine_testdata::gemma3_model().unwrap();
+        let opts = |repack| LoadOptions {
+            n_ctx: 128,
+            repack,
+            threads: 1,
+            ..Default::default()
+        };
+        let (packed, _) = estimate(&p, &opts(true)).unwrap();
+        let (plain, _) = estimate(&p, &opts(false)).unwrap();
+        assert!(packed.weights > plain.weights);
+        for repack in [true, false] {
+            let m = crate::Model::load(&p, &opts(repack)).unwrap();
+            let want = if repack { packed } else { plain };
+            assert_eq!(want.weights, m.info().weight_bytes, "repack {repack}");
+        }
     }
 
     #[test]
