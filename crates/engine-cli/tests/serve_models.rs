@@ -138,6 +138,15 @@ fn two_models_swap_under_a_budget_that_fits_one() {
         "resident memory grew from {rss_2} to {rss_20} bytes over 18 swaps"
     );
     let metric = |n: &str| s.metric(n);
+    // the scheduler counts a request just after its last token goes out
+    wait_for("the last request to be counted", || {
+        metric("engine:request_success_total{finished_reason=\"length\"}") == 21.0
+    });
+    eprintln!(
+        "mean load (estimate, eviction, load, scheduler start): {:.3}s",
+        metric("engine:model_load_duration_seconds_sum")
+            / metric("engine:model_load_duration_seconds_count")
+    );
     assert_eq!(metric("engine:model_loads_total"), 21.0);
     assert_eq!(metric("engine:model_evictions_total"), 20.0);
     assert_eq!(metric("engine:model_unloads_total"), 20.0);

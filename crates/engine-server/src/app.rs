@@ -75,13 +75,6 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// True when `name` names this model (case-insensitive; Ollama's `:latest` tag allowed).
-    pub fn answers_to(&self, name: &str) -> bool {
-        let n = name.trim();
-        let n = n.strip_suffix(":latest").unwrap_or(n);
-        self.names.iter().any(|m| m.eq_ignore_ascii_case(n))
-    }
-
     /// Keeps the model loaded while the returned guard lives (a queued job holds one).
     pub fn busy(&self) -> Busy {
         self.activity.busy()

@@ -153,6 +153,42 @@ pub struct Preset {
 }
 
 impl Preset {
+    /// Lays `over` on top of these settings: what `over` sets wins (aliases add up), what it
+    /// leaves unset stays. A preset built FROM another inherits this way.
+    pub fn overlay(&mut self, over: &Preset) {
+        for a in &over.aliases {
+            if !self.aliases.contains(a) {
+                self.aliases.push(a.clone());
+            }
+        }
+        macro_rules! take {
+            ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f.clone(); } )* };
+        }
+        take!(system, template, num_ctx, keep_alive, draft);
+        if !over.messages.is_empty() {
+            self.messages = over.messages.clone();
+        }
+        let (o, n) = (&mut self.parameters, &over.parameters);
+        macro_rules! param {
+            ($($f:ident),*) => { $( if n.$f.is_some() { o.$f = n.$f; } )* };
+        }
+        param!(
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty,
+            repeat_last_n,
+            presence_penalty,
+            frequency_penalty,
+            seed,
+            num_predict
+        );
+        if !n.stop.is_empty() {
+            o.stop = n.stop.clone();
+        }
+    }
+
     /// Checks the values that can be checked without the model.
     pub fn validate(&self, what: &str) -> Result<()> {
         let bad = |problem: String| StoreError::Invalid {
@@ -479,6 +515,31 @@ mod tests {
         );
         assert!(KeepAlive::from_json(&serde_json::json!([1])).is_err());
         assert_eq!(For(Duration::from_secs(300)).to_string(), "5m");
+    }
+
+    #[test]
+    fn overlay_keeps_what_is_not_overridden() {
+        let mut base = Preset {
+            aliases: vec!["a".into()],
+            system: Some("base".into()),
+            num_ctx: Some(2048),
+            ..Default::default()
+        };
+        base.parameters.temperature = Some(0.2);
+        base.parameters.stop = vec!["x".into()];
+        let mut over = Preset {
+            aliases: vec!["b".into(), "a".into()],
+            keep_alive: Some("1m".into()),
+            ..Default::default()
+        };
+        over.parameters.temperature = Some(0.7);
+        base.overlay(&over);
+        assert_eq!(base.aliases, vec!["a", "b"]);
+        assert_eq!(base.system.as_deref(), Some("base"));
+        assert_eq!(base.num_ctx, Some(2048));
+        assert_eq!(base.keep_alive.as_deref(), Some("1m"));
+        assert_eq!(base.parameters.temperature, Some(0.7));
+        assert_eq!(base.parameters.stop, vec!["x"]);
     }
 
     #[test]

@@ -212,7 +212,7 @@ impl Store {
         let mut out = Preset::default();
         for m in chain.iter().rev() {
             if let Some(p) = &m.preset {
-                merge(&mut out, p);
+                out.overlay(p);
             }
         }
         Ok(out)
@@ -731,52 +731,6 @@ impl Store {
                 }
             }
         }
-    }
-}
-
-/// A preset's values over a base's (Some/non-empty wins).
-fn merge(out: &mut Preset, p: &Preset) {
-    for a in &p.aliases {
-        if !out.aliases.contains(a) {
-            out.aliases.push(a.clone());
-        }
-    }
-    if p.system.is_some() {
-        out.system = p.system.clone();
-    }
-    if p.template.is_some() {
-        out.template = p.template.clone();
-    }
-    if p.num_ctx.is_some() {
-        out.num_ctx = p.num_ctx;
-    }
-    if p.keep_alive.is_some() {
-        out.keep_alive = p.keep_alive.clone();
-    }
-    if p.draft.is_some() {
-        out.draft = p.draft.clone();
-    }
-    if !p.messages.is_empty() {
-        out.messages = p.messages.clone();
-    }
-    let (o, n) = (&mut out.parameters, &p.parameters);
-    macro_rules! take {
-        ($($f:ident),*) => { $( if n.$f.is_some() { o.$f = n.$f; } )* };
-    }
-    take!(
-        temperature,
-        top_k,
-        top_p,
-        min_p,
-        repeat_penalty,
-        repeat_last_n,
-        presence_penalty,
-        frequency_penalty,
-        seed,
-        num_predict
-    );
-    if !n.stop.is_empty() {
-        o.stop = n.stop.clone();
     }
 }
 

@@ -15,7 +15,7 @@ use engine::LoadOptions;
 use engine_server::config::FileConfig;
 use engine_server::{ModelSpec, ReasoningFormat, ServerConfig, TemplateChoice};
 use engine_store::preset::ModelRef;
-use engine_store::{KeepAlive, Preset, Store};
+use engine_store::{KeepAlive, Store};
 
 /// Arguments of `engine serve`.
 #[derive(Args, Debug, Default)]
@@ -413,7 +413,8 @@ pub fn served_models(models_file: Option<&std::path::Path>) -> Result<Vec<ModelS
                     (p, Default::default(), spec.clone(), Some(w.sha256))
                 }
             };
-            let preset = merge_presets(base_preset, e.preset);
+            let mut preset = base_preset;
+            preset.overlay(&e.preset);
             out.retain(|s| s.name != name);
             out.push(ModelSpec {
                 name,
@@ -440,38 +441,6 @@ pub fn served_models(models_file: Option<&std::path::Path>) -> Result<Vec<ModelS
         }
     }
     Ok(out)
-}
-
-/// A models-file entry's settings over its base's.
-fn merge_presets(mut base: Preset, over: Preset) -> Preset {
-    for a in over.aliases {
-        if !base.aliases.contains(&a) {
-            base.aliases.push(a);
-        }
-    }
-    base.system = over.system.or(base.system);
-    base.template = over.template.or(base.template);
-    base.num_ctx = over.num_ctx.or(base.num_ctx);
-    base.keep_alive = over.keep_alive.or(base.keep_alive);
-    base.draft = over.draft.or(base.draft);
-    if !over.messages.is_empty() {
-        base.messages = over.messages;
-    }
-    let (b, o) = (&mut base.parameters, over.parameters);
-    b.temperature = o.temperature.or(b.temperature);
-    b.top_k = o.top_k.or(b.top_k);
-    b.top_p = o.top_p.or(b.top_p);
-    b.min_p = o.min_p.or(b.min_p);
-    b.repeat_penalty = o.repeat_penalty.or(b.repeat_penalty);
-    b.repeat_last_n = o.repeat_last_n.or(b.repeat_last_n);
-    b.presence_penalty = o.presence_penalty.or(b.presence_penalty);
-    b.frequency_penalty = o.frequency_penalty.or(b.frequency_penalty);
-    b.seed = o.seed.or(b.seed);
-    b.num_predict = o.num_predict.or(b.num_predict);
-    if !o.stop.is_empty() {
-        b.stop = o.stop;
-    }
-    base
 }
 
 /// Runs `engine serve`.
