@@ -23,6 +23,7 @@
 //! * [`bench`]: throughput tests with llama-bench's semantics.
 //! * [`model`]: [`Model`] (weights, tokenizer, backend) and [`Session`] (one sequence).
 //! * [`sampling`]: the sampler.
+//! * [`speculative`]: speculative decoding (verification, n-gram and draft-model drafters).
 //! * [`memory`]: memory estimates and the refusal to overcommit.
 //! * [`stop`]: stop strings in streamed text.
 //! * [`harmony`]: the GPT-OSS (harmony) chat format: rendering and reply parsing.
@@ -35,6 +36,7 @@ pub mod harmony;
 pub mod memory;
 pub mod model;
 pub mod sampling;
+pub mod speculative;
 pub mod stop;
 
 pub use engine_core::DType;
@@ -46,3 +48,4 @@ pub use model::{
     StopReason, Timings, TokenEvent,
 };
 pub use sampling::{Sampler, SamplingParams};
+pub use speculative::{Draft, DraftRequest, Drafter, DrafterKind, SpecParams, SpecStats};
