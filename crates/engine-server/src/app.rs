@@ -77,6 +77,8 @@ pub struct AppState {
     pub admission: Arc<Admission>,
     /// Set once the model is loaded.
     pub loaded: OnceLock<Arc<Loaded>>,
+    /// Drafting sessions of verifiers using this server as their drafter (`/v1/draft`).
+    pub drafts: crate::draft::endpoint::DraftSessions,
 }
 
 /// Runs the server until SIGTERM/SIGINT (or a load failure). `on_listening` is called with
@@ -95,6 +97,7 @@ pub async fn serve(
         admission: Admission::new(cfg.parallel() + cfg.queue_size),
         metrics: Arc::new(Metrics::new()),
         loaded: OnceLock::new(),
+        drafts: Default::default(),
         cfg,
     });
     tracing::info!(%addr, model = %state.cfg.model_path.display(), "listening; loading the model");
@@ -194,8 +197,17 @@ fn load(state: &AppState) -> Result<(Arc<Loaded>, std::thread::JoinHandle<()>), 
     let meta = std::fs::metadata(&cfg.model_path).ok();
     let file_size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
     let digest = file_digest(&cfg.model_path, meta.as_ref());
+    let drafter =
+        crate::draft::build(&cfg.draft, &model, &cfg.load)?.map(|d| (d, cfg.draft.params.clone()));
+    if let Some(kind) = cfg.draft.kind() {
+        tracing::info!(
+            drafter = kind.name(),
+            draft_max = cfg.draft.params.draft_max,
+            "speculative decoding on"
+        );
+    }
     let model = Arc::new(model);
-    let (sched, thread) = scheduler::spawn(
+    let (sched, thread) = scheduler::spawn_speculative(
         model.clone(),
         SchedConfig {
             ubatch: cfg.ubatch,
@@ -203,6 +215,7 @@ fn load(state: &AppState) -> Result<(Arc<Loaded>, std::thread::JoinHandle<()>), 
             cache_prompt: cfg.cache_prompt,
         },
         state.metrics.clone(),
+        drafter,
     )
     .map_err(|e| e.to_string())?;
     Ok((
@@ -284,6 +297,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tokenize", post(llama::tokenize))
         .route("/detokenize", post(llama::detokenize))
         .route("/apply-template", post(llama::apply_template))
+        .route(
+            crate::draft::protocol::PATH,
+            post(crate::draft::endpoint::draft),
+        )
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let mut app = Router::new()

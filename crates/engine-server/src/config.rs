@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Seconds sent in `Retry-After` with a 503.
     pub retry_after_secs: u64,
+    /// Speculative decoding (none by default).
+    pub draft: crate::draft::DraftConfig,
 }
 
 /// Where a chat template override comes from.
@@ -104,6 +106,7 @@ impl ServerConfig {
             cors_origins: Vec::new(),
             shutdown_timeout: Duration::from_secs(30),
             retry_after_secs: 2,
+            draft: Default::default(),
         }
     }
 
@@ -166,6 +169,28 @@ pub struct FileConfig {
     pub shutdown_timeout: Option<u64>,
     /// `--log-format`
     pub log_format: Option<String>,
+    /// `--model-draft`
+    pub model_draft: Option<String>,
+    /// `--spec-type`
+    pub spec_type: Option<String>,
+    /// `--draft-max`
+    pub draft_max: Option<usize>,
+    /// `--draft-min`
+    pub draft_min: Option<usize>,
+    /// `--draft-p-min`
+    pub draft_p_min: Option<f32>,
+    /// `--draft-fixed`
+    pub draft_fixed: Option<bool>,
+    /// `--draft-remote`
+    pub draft_remote: Option<String>,
+    /// `--draft-remote-key`
+    pub draft_remote_key: Option<String>,
+    /// `--draft-remote-timeout` in milliseconds
+    pub draft_remote_timeout: Option<u64>,
+    /// `--spec-ngram-min`
+    pub spec_ngram_min: Option<usize>,
+    /// `--spec-ngram-max`
+    pub spec_ngram_max: Option<usize>,
 }
 
 /// A string or a list of strings.

@@ -12,6 +12,7 @@
 //! * [`scheduler`]: the continuous-batching step loop.
 //! * [`template`]: chat templates (minijinja) and the built-ins.
 //! * [`reasoning`]: splitting `reasoning_content` from `content`.
+//! * [`draft`]: speculative decoding's drafters, and drafting for a verifier on another node.
 //! * [`admission`]: the bounded queue.
 //! * [`metrics`]: Prometheus exposition.
 //!
@@ -23,6 +24,7 @@ pub mod admission;
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod draft;
 pub mod metrics;
 pub mod reasoning;
 pub mod scheduler;

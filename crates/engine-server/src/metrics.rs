@@ -123,6 +123,8 @@ pub struct Metrics {
     pub e2e: Histogram,
     /// Arrival to getting a slot.
     pub queue_time: Histogram,
+    /// Speculative decoding counters.
+    pub spec: crate::scheduler::speculative::SpecMetrics,
 }
 
 impl Default for Metrics {
@@ -152,6 +154,7 @@ impl Metrics {
             tpot: Histogram::new(TPOT),
             e2e: Histogram::new(LATENCY),
             queue_time: Histogram::new(LATENCY),
+            spec: Default::default(),
         }
     }
 
@@ -299,6 +302,7 @@ impl Metrics {
             "engine:request_queue_time_seconds",
             "Seconds from arrival to getting a slot.",
         );
+        self.spec.render(&mut out);
         out
     }
 }

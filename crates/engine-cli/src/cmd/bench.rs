@@ -58,6 +58,14 @@ pub struct BenchArgs {
     /// Device: cpu.
     #[arg(long = "device", default_value = "cpu")]
     pub device: String,
+    /// Speculative mode: with a drafter (--spec-type, --model-draft or --draft-remote), time
+    /// -n tokens of greedy generation from a text prompt plainly and speculatively.
+    #[command(flatten)]
+    pub spec: super::spec::SpecArgs,
+    /// Speculative mode: the prompt text file (default: a built-in "repeat and edit this
+    /// text" task).
+    #[arg(long = "spec-prompt")]
+    pub spec_prompt: Option<std::path::PathBuf>,
 }
 
 /// Parses llama-bench list values: `a,b,c`, `first-last`, `first-last+step`,
@@ -301,6 +309,9 @@ fn utc_now() -> String {
 
 /// Runs `engine bench`.
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.spec.enabled() {
+        return super::bench_spec::run(&a);
+    }
     let format = match a.output.as_str() {
         "md" => Format::Md,
         "json" => Format::Json,

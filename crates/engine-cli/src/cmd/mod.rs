@@ -1,10 +1,12 @@
 //! Subcommands, and the model options they share.
 
 pub mod bench;
+pub mod bench_spec;
 pub mod inspect;
 pub mod logits;
 pub mod run;
 pub mod serve;
+pub mod spec;
 pub mod store;
 pub mod tokenize;
 

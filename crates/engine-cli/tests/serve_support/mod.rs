@@ -23,10 +23,15 @@ impl Server {
     /// Starts `engine serve -m <default model> --port 0 <args>` and waits for `/health`.
     pub fn start(args: &[&str]) -> Server {
         let model = engine_testdata::gemma3_model().expect("default model");
+        Self::start_model(&model, args)
+    }
+
+    /// Starts `engine serve -m <model> --port 0 <args>` and waits for `/health`.
+    pub fn start_model(model: &std::path::Path, args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
             .arg("serve")
             .arg("-m")
-            .arg(&model)
+            .arg(model)
             .args(["--host", "127.0.0.1", "--port", "0", "-t", "2"])
             .args(args)
             .stdin(Stdio::null())
@@ -207,7 +212,7 @@ pub struct Resp {
 }
 
 impl Resp {
-    fn parse(raw: &[u8]) -> Resp {
+    pub fn parse(raw: &[u8]) -> Resp {
         let split = raw
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
