@@ -13,8 +13,8 @@ use engine_tokenizer::{StreamDecoder, Tokenizer};
 use crate::error::{Error, Result};
 use crate::sampling::{top_logprobs, Sampler, SamplingParams};
 use crate::speculative::{
-    rollback, verify, AdaptiveLength, Draft, DraftRequest, Drafter, SpecParams, SpecStats,
-    VerifyScratch,
+    rollback, verify, AdaptiveLength, CostModel, Draft, DraftRequest, Drafter, SpecParams,
+    SpecStats, VerifyScratch,
 };
 use crate::stop::{StopCheck, StopMatcher};
 
@@ -708,7 +708,8 @@ impl<'m> Session<'m> {
         let n_vocab = model.info().n_vocab;
         let params = em.params;
         let mut stats = SpecStats::default();
-        let mut ctl = AdaptiveLength::new(sp, drafter.relative_cost());
+        let mut ctl = AdaptiveLength::new(sp);
+        let mut cost = CostModel::new(drafter.relative_cost());
         let mut hist = Vec::with_capacity(prompt_ids.len() + em.max_new + 1);
         hist.extend_from_slice(prompt_ids);
         let mut draft = Draft::default();
@@ -732,7 +733,7 @@ impl<'m> Session<'m> {
         loop {
             // `hist`'s last token is chosen but not evaluated; it sits at `pos`
             let remaining = em.max_new - em.ids.len();
-            let k_max = ctl.next().min(remaining.saturating_sub(1));
+            let k_max = ctl.next(&cost).min(remaining.saturating_sub(1));
             draft.clear();
             if k_max >= sp.draft_min.max(1) {
                 let req = DraftRequest {
@@ -741,10 +742,12 @@ impl<'m> Session<'m> {
                     max: k_max,
                     sampling: &params.sampling,
                 };
+                let t = Instant::now();
                 if drafter.draft(&req, &mut draft).is_err() {
                     stats.fallbacks += 1;
                     draft.clear();
                 }
+                cost.observe_draft(draft.len(), t.elapsed().as_secs_f64());
                 let valid = draft
                     .tokens
                     .iter()
@@ -760,7 +763,9 @@ impl<'m> Session<'m> {
             self.batch.clear();
             if draft.is_empty() {
                 self.batch.push(pending, pos as u32, 0, true);
+                let t = Instant::now();
                 inner.forward(&mut self.ctx, &self.batch, &mut self.logits)?;
+                cost.observe_pass(1, t.elapsed().as_secs_f64());
                 pos += 1;
                 let lp = lp_of(&self.logits[..n_vocab], &mut self.scratch);
                 let id = sampler.sample(&self.logits[..n_vocab]);
@@ -778,7 +783,9 @@ impl<'m> Session<'m> {
             evaluated.push(pending);
             evaluated.extend_from_slice(&draft.tokens);
             self.batch.push_verify(&evaluated, pos as u32, 0);
+            let t = Instant::now();
             inner.forward(&mut self.ctx, &self.batch, &mut rows)?;
+            cost.observe_pass(evaluated.len(), t.elapsed().as_secs_f64());
             chosen.clear();
             let k = draft.len();
             let a = verify(sampler, &rows, n_vocab, &draft, &mut vs, &mut chosen);

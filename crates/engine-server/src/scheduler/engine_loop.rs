@@ -436,11 +436,18 @@ impl Scheduler {
             self.metrics
                 .last_batch_tokens
                 .store(self.batch.len() as u64, Ordering::Relaxed);
-            match self
+            let t = Instant::now();
+            let result = self
                 .model
                 .inner()
-                .forward(&mut self.ctx, &self.batch, &mut self.logits)
-            {
+                .forward(&mut self.ctx, &self.batch, &mut self.logits);
+            if let Some(spec) = self.spec.as_mut() {
+                // decoding rows only: a prompt chunk would blur the cost per row
+                if !any_chunk {
+                    spec.observe_pass(self.batch.len(), t.elapsed().as_secs_f64());
+                }
+            }
+            match result {
                 Ok(()) => self.sample_outputs(),
                 Err(e) => self.fail_batch(&e.to_string()),
             }

@@ -13,12 +13,14 @@
 //!
 //! A failing drafter (a remote one that vanished) only means no drafts this step: the
 //! sequences decode plainly and the fallback is counted. `k` adapts per sequence to its
-//! acceptance rate ([`AdaptiveLength`]).
+//! acceptance ([`AdaptiveLength`]) and to the costs measured on this machine, shared by
+//! all sequences ([`CostModel`]: step times against rows, from steps without prompt
+//! chunks, and drafting time per drafted token).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use engine::speculative::{AdaptiveLength, VerifyScratch};
+use engine::speculative::{AdaptiveLength, CostModel, VerifyScratch};
 use engine::{
     Batch, Context, Draft, DraftRequest, Drafter, DrafterKind, SamplingParams, SpecParams,
 };
@@ -140,6 +142,7 @@ pub struct Speculation {
     kind: DrafterKind,
     params: SpecParams,
     ctl: Vec<AdaptiveLength>,
+    cost: CostModel,
     drafts: Vec<Draft>,
     scratch: VerifyScratch,
     chosen: Vec<u32>,
@@ -156,12 +159,10 @@ impl Speculation {
         n_seq: usize,
         metrics: Arc<Metrics>,
     ) -> Speculation {
-        let cost = drafter.relative_cost();
         Speculation {
             kind: drafter.kind(),
-            ctl: (0..n_seq)
-                .map(|_| AdaptiveLength::new(&params, cost))
-                .collect(),
+            ctl: (0..n_seq).map(|_| AdaptiveLength::new(&params)).collect(),
+            cost: CostModel::new(drafter.relative_cost()),
             drafts: (0..n_seq).map(|_| Draft::default()).collect(),
             drafter,
             params,
@@ -187,7 +188,7 @@ impl Speculation {
         let mut reqs = Vec::with_capacity(plans.len());
         for p in plans {
             let k = self.ctl[p.slot]
-                .next()
+                .next(&self.cost)
                 .min(p.remaining.saturating_sub(1))
                 .min(self.params.draft_max);
             if k >= self.params.draft_min.max(1) {
@@ -203,7 +204,10 @@ impl Speculation {
             return;
         }
         let mut outs: Vec<Draft> = reqs.iter().map(|_| Draft::default()).collect();
+        let t = std::time::Instant::now();
         let results = self.drafter.draft_many(&reqs, &mut outs);
+        let drafted: usize = outs.iter().map(Draft::len).sum();
+        self.cost.observe_draft(drafted, t.elapsed().as_secs_f64());
         let mut failed = 0;
         for ((r, mut d), res) in reqs.iter().zip(outs).zip(results) {
             if res.is_err() {
@@ -257,6 +261,12 @@ impl Speculation {
         true
     }
 
+    /// Records a forward pass of decoding rows only (one-token steps and verifications of
+    /// `rows` rows in all) that took `secs`: the cost model's data.
+    pub fn observe_pass(&mut self, rows: usize, secs: f64) {
+        self.cost.observe_pass(rows, secs);
+    }
+
     /// The longest draft asked for (sizes the step's batch).
     pub fn draft_max(&self) -> usize {
         self.params.draft_max
@@ -301,8 +311,7 @@ impl Speculation {
 
     /// Slot `slot` got a new request: forget its acceptance history and tell the drafter.
     pub fn reset(&mut self, slot: usize) {
-        let cost = self.drafter.relative_cost();
-        self.ctl[slot] = AdaptiveLength::new(&self.params, cost);
+        self.ctl[slot] = AdaptiveLength::new(&self.params);
         self.drafts[slot].clear();
         self.drafter.release(slot);
     }

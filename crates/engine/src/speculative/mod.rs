@@ -13,7 +13,8 @@
 //! * Rejected tokens are rolled back ([`rollback`]): attention caches are truncated;
 //!   recurrent (Mamba) state is restored from a checkpoint taken before verification and the
 //!   accepted tokens are evaluated again.
-//! * The draft length adapts to the observed acceptance rate ([`AdaptiveLength`]).
+//! * The draft length adapts to the observed acceptance and to the measured costs of
+//!   verifying and drafting ([`AdaptiveLength`], [`CostModel`]).
 //!
 //! Drafters ([`Drafter`]): [`ngram::NgramDrafter`] (prompt lookup, no second model),
 //! [`draft_model::ModelDrafter`] (a small model with the same vocabulary, see
@@ -212,93 +213,109 @@ impl SpecStats {
     }
 }
 
-/// Chooses the draft length from the acceptance rate seen so far.
+/// Chooses the draft length from the acceptance seen so far and the measured costs.
 ///
-/// With a per-token acceptance rate `a`, a draft of `k` tokens yields on average
-/// `E(k) = (1 - a^(k+1)) / (1 - a)` tokens per verification pass, and costs
-/// `1 + k * (c_verify + c_draft)` one-token steps of the target, where `c_verify` is the
-/// marginal cost of one more row in the verification pass and `c_draft` the drafter's cost
-/// per token. The length maximising `E(k) / cost(k)` within `[draft_min, draft_max]` is
-/// used; when no length pays (the best `E(k) / cost(k)` is below 1, i.e. `a` is below the
-/// per-token cost), the step decodes plainly, and one short draft every
-/// [`PROBE_EVERY`] steps keeps measuring `a`. `a` is estimated from recent steps (counts of accepted tokens and of rejections,
-/// forgotten exponentially per drafted token, with a uniform prior), so it follows the text: high while a quote
-/// is repeated, low in free writing. The choice depends only on the acceptance history,
-/// so a seeded generation is reproducible.
+/// Acceptance is tracked per draft position as a survival curve: `p_j`, the share of
+/// drafts reaching position `j` whose token `j` was accepted (counts forgotten
+/// exponentially, so the curve follows the text). A draft of `k` tokens then yields
+/// `E(k) = 1 + sum_{j=1..k} p_1 * ... * p_j` tokens per verification pass. Unlike a single
+/// i.i.d. rate, the curve captures how acceptance comes in runs: once a quoted passage is
+/// being repeated, the next drafted token is very likely right too, so long drafts pay even
+/// when the average rate is modest.
+///
+/// A pass verifying `k` tokens costs `1 + k * (c_verify + c_draft)` one-token steps, with
+/// the costs measured as generation goes ([`CostModel`]). The length maximising
+/// `E(k) / cost(k)` within `[draft_min, draft_max]` is used. When no length is expected to
+/// beat plain decoding by [`MIN_GAIN`], the step decodes plainly; a short probing draft
+/// every few steps (8, doubling to 128 while speculation keeps not paying) notices when the
+/// text becomes predictable again.
+///
+/// The choice depends on measured times, so a sampled generation with a fixed seed is
+/// reproducible only with a fixed length (`adaptive: false`); greedy output never depends
+/// on it (verification is exact).
 #[derive(Clone, Debug)]
 pub struct AdaptiveLength {
     min: usize,
     max: usize,
     adaptive: bool,
-    c_verify: f64,
-    c_draft: f64,
-    accepted: f64,
-    rejected: f64,
+    /// Weighted count of drafts that reached each position.
+    reached: Vec<f64>,
+    /// Weighted count of those whose token at the position was accepted.
+    passed: Vec<f64>,
     idle: usize,
+    probe_every: usize,
 }
 
-/// While speculation does not pay, one step in this many still drafts (the shortest
-/// allowed draft) to notice when the text becomes predictable again.
+/// First probing interval while speculation does not pay (steps).
 pub const PROBE_EVERY: usize = 8;
+/// Longest probing interval.
+const PROBE_MAX: usize = 128;
+/// Expected speedup below which a step decodes plainly (covers estimation error).
+pub const MIN_GAIN: f64 = 1.05;
 
-/// Marginal cost of one more verified row, relative to a one-token decoding step, measured
-/// on the 2-core CPU reference machine with Gemma 3 270M (a 9-row verification pass costs
-/// about 2.2 one-token steps; see docs/speculative.md).
-pub const VERIFY_ROW_COST: f64 = 0.15;
+/// Prior for the marginal cost of one more verified row, relative to a one-token step,
+/// until [`CostModel`] has measured it. On the 2-core reference machine a verified row of
+/// Gemma 3 270M costs about 0.55 of a step (its 262,144-token output head is computed for
+/// every row; `examples/verify_cost.rs`), a memory-bound larger model much less.
+pub const VERIFY_ROW_COST: f64 = 0.3;
 
-/// How much of the acceptance evidence survives each drafted token (the last ~30 drafted
-/// tokens count).
+/// How much of the acceptance evidence survives each drafted token.
 const FORGET: f64 = 0.97;
+/// Prior acceptance at each position (pseudo-counts accepted / rejected): optimistic, so
+/// drafts are tried before evidence arrives.
+const PRIOR: (f64, f64) = (3.0, 1.0);
 
 impl AdaptiveLength {
-    /// A controller for `params`, a drafter costing `c_draft` target steps per token.
-    pub fn new(params: &SpecParams, c_draft: f64) -> AdaptiveLength {
+    /// A controller for `params`.
+    pub fn new(params: &SpecParams) -> AdaptiveLength {
+        let max = params.draft_max.max(1);
         AdaptiveLength {
             min: params.draft_min,
-            max: params.draft_max.max(1),
+            max,
             adaptive: params.adaptive,
-            c_verify: VERIFY_ROW_COST,
-            c_draft: c_draft.max(0.0),
-            // optimistic start: drafts are tried at a good length before evidence arrives
-            accepted: 3.0,
-            rejected: 1.0,
+            reached: vec![0.0; max],
+            passed: vec![0.0; max],
             idle: 0,
+            probe_every: PROBE_EVERY,
         }
     }
 
-    /// The estimated per-token acceptance rate.
-    pub fn rate(&self) -> f64 {
-        (self.accepted + 1.0) / (self.accepted + self.rejected + 2.0)
+    /// The estimated acceptance of the token at draft position `j` (0-based) given that
+    /// the tokens before it were accepted.
+    pub fn rate_at(&self, j: usize) -> f64 {
+        let j = j.min(self.max - 1);
+        (self.passed[j] + PRIOR.0) / (self.reached[j] + PRIOR.0 + PRIOR.1)
     }
 
-    /// The draft length to ask for next (0: decode this step plainly).
-    pub fn next(&mut self) -> usize {
+    /// The draft length to ask for next (0: decode this step plainly), given the costs.
+    pub fn next(&mut self, cost: &CostModel) -> usize {
         if !self.adaptive {
             return self.max;
         }
-        let (k, gain) = self.best();
-        if gain > 1.0 {
+        let (k, gain) = self.best(cost.c_verify() + cost.c_draft());
+        if gain >= MIN_GAIN {
             self.idle = 0;
+            self.probe_every = PROBE_EVERY;
             return k;
         }
         self.idle += 1;
-        if self.idle >= PROBE_EVERY {
+        if self.idle >= self.probe_every {
             self.idle = 0;
+            self.probe_every = (self.probe_every * 2).min(PROBE_MAX);
             self.min.max(1)
         } else {
             0
         }
     }
 
-    /// The best length and its expected tokens per unit of cost.
-    fn best(&self) -> (usize, f64) {
-        let a = self.rate().min(0.999);
-        let per_token = self.c_verify + self.c_draft;
+    /// The best length for a per-token cost, and its expected speedup over plain decoding.
+    fn best(&self, per_token: f64) -> (usize, f64) {
         let mut best = (self.min.max(1), f64::MIN);
-        let mut ak = a; // a^(k+1) for k = 0
+        let (mut expected, mut survive) = (1.0, 1.0);
         for k in 1..=self.max {
-            ak *= a;
-            let gain = (1.0 - ak) / (1.0 - a) / (1.0 + k as f64 * per_token);
+            survive *= self.rate_at(k - 1);
+            expected += survive;
+            let gain = expected / (1.0 + k as f64 * per_token);
             if k >= self.min && gain > best.1 {
                 best = (k, gain);
             }
@@ -312,8 +329,116 @@ impl AdaptiveLength {
             return;
         }
         let keep = FORGET.powi(drafted as i32);
-        self.accepted = self.accepted * keep + accepted as f64;
-        self.rejected = self.rejected * keep + if accepted < drafted { 1.0 } else { 0.0 };
+        for j in 0..self.max {
+            self.reached[j] *= keep;
+            self.passed[j] *= keep;
+            if j < drafted {
+                self.reached[j] += 1.0;
+            }
+            if j < accepted {
+                self.passed[j] += 1.0;
+            }
+        }
+    }
+}
+
+/// What speculation costs on this machine, measured as generation runs: forward passes of
+/// `n` rows take `T(n) = a + b * n` (exponentially weighted least squares over recent
+/// passes), so a verified row costs `c_verify = b / T(1)` steps; drafting costs
+/// `c_draft` = its time per drafted token over `T(1)`. Until there is data, the priors are
+/// used: [`VERIFY_ROW_COST`] and the drafter's own estimate.
+#[derive(Clone, Debug)]
+pub struct CostModel {
+    prior_verify: f64,
+    prior_draft: f64,
+    // weighted sums over (rows, secs) of recent passes
+    w: f64,
+    sx: f64,
+    sy: f64,
+    sxx: f64,
+    sxy: f64,
+    // weighted drafting time and drafted tokens
+    draft_secs: f64,
+    draft_tokens: f64,
+}
+
+/// Weight each older observation keeps per new one.
+const COST_FORGET: f64 = 0.98;
+
+impl CostModel {
+    /// A model starting from `prior_draft` (the drafter's [`Drafter::relative_cost`]).
+    pub fn new(prior_draft: f64) -> CostModel {
+        CostModel {
+            prior_verify: VERIFY_ROW_COST,
+            prior_draft: prior_draft.max(0.0),
+            w: 0.0,
+            sx: 0.0,
+            sy: 0.0,
+            sxx: 0.0,
+            sxy: 0.0,
+            draft_secs: 0.0,
+            draft_tokens: 0.0,
+        }
+    }
+
+    /// Records a forward pass of `rows` rows (one-token steps or verifications) that took
+    /// `secs`.
+    pub fn observe_pass(&mut self, rows: usize, secs: f64) {
+        if rows == 0 || !secs.is_finite() || secs <= 0.0 {
+            return;
+        }
+        let (x, y) = (rows as f64, secs);
+        self.w = self.w * COST_FORGET + 1.0;
+        self.sx = self.sx * COST_FORGET + x;
+        self.sy = self.sy * COST_FORGET + y;
+        self.sxx = self.sxx * COST_FORGET + x * x;
+        self.sxy = self.sxy * COST_FORGET + x * y;
+    }
+
+    /// Records drafting `tokens` tokens in `secs` (drafter time the target waits for).
+    pub fn observe_draft(&mut self, tokens: usize, secs: f64) {
+        if tokens == 0 || !secs.is_finite() || secs < 0.0 {
+            return;
+        }
+        self.draft_secs = self.draft_secs * COST_FORGET + secs;
+        self.draft_tokens = self.draft_tokens * COST_FORGET + tokens as f64;
+    }
+
+    /// The fitted `(a, b)` of `T(n) = a + b n`, once passes of different sizes were seen.
+    fn fit(&self) -> Option<(f64, f64)> {
+        if self.w < 3.0 {
+            return None;
+        }
+        let mean_x = self.sx / self.w;
+        let var_x = self.sxx / self.w - mean_x * mean_x;
+        if var_x < 0.25 {
+            return None; // every pass the same size: the slope is unknown
+        }
+        let mean_y = self.sy / self.w;
+        let b = (self.sxy / self.w - mean_x * mean_y) / var_x;
+        let a = mean_y - b * mean_x;
+        (a + b > 0.0).then_some((a, b))
+    }
+
+    /// The time of a one-token step, if measured.
+    pub fn step_secs(&self) -> Option<f64> {
+        self.fit().map(|(a, b)| a + b)
+    }
+
+    /// Marginal cost of a verified row, in one-token steps.
+    pub fn c_verify(&self) -> f64 {
+        match self.fit() {
+            Some((a, b)) => (b / (a + b)).clamp(0.01, 2.0),
+            None => self.prior_verify,
+        }
+    }
+
+    /// Cost of drafting one token, in one-token steps of the target.
+    pub fn c_draft(&self) -> f64 {
+        match (self.step_secs(), self.draft_tokens > 0.5) {
+            (Some(t1), true) => (self.draft_secs / self.draft_tokens / t1).clamp(0.0, 10.0),
+            _ => self.prior_draft,
+        }
     }
 }
 
@@ -507,47 +632,65 @@ mod tests {
             draft_min: 2,
             ..Default::default()
         };
-        let mut a = AdaptiveLength::new(&p, 0.0);
+        let cheap = CostModel::new(0.0);
+        let mut a = AdaptiveLength::new(&p);
         for _ in 0..40 {
             a.update(8, 8);
         }
-        assert!(a.rate() > 0.95);
-        assert!(a.next() >= 12, "high acceptance drafts long: {}", a.next());
+        assert!(a.rate_at(0) > 0.95);
+        assert!(a.next(&cheap) >= 8, "high acceptance drafts long: {}", a.next(&cheap));
         for _ in 0..40 {
             a.update(4, 0);
         }
-        assert!(a.rate() < 0.2, "{}", a.rate());
-        let probes: Vec<usize> = (0..2 * PROBE_EVERY).map(|_| a.next()).collect();
+        assert!(a.rate_at(0) < 0.2, "{}", a.rate_at(0));
+        let probes: Vec<usize> = (0..3 * PROBE_EVERY).map(|_| a.next(&cheap)).collect();
         assert_eq!(
             probes.iter().filter(|&&k| k > 0).count(),
             2,
-            "speculation that does not pay pauses, probing now and then: {probes:?}"
+            "speculation that does not pay pauses, probing less and less often: {probes:?}"
         );
-        assert!(
-            probes.iter().all(|&k| k == 0 || k == 2),
-            "probes use draft_min"
-        );
-        // an expensive drafter drafts shorter at the same rate
-        let mut cheap = AdaptiveLength::new(&p, 0.0);
-        let mut dear = AdaptiveLength::new(&p, 0.5);
-        for _ in 0..40 {
-            cheap.update(4, 3);
-            dear.update(4, 3);
+        assert!(probes.iter().all(|&k| k == 0 || k == 2), "probes use draft_min");
+        // runs: position 0 is a coin flip, but a run once started continues
+        let mut runs = AdaptiveLength::new(&p);
+        for i in 0..60 {
+            runs.update(12, if i % 2 == 0 { 12 } else { 0 });
         }
-        assert!(
-            dear.next() < cheap.next(),
-            "{} {}",
-            dear.next(),
-            cheap.next()
-        );
-        let mut fixed = AdaptiveLength::new(
-            &SpecParams {
-                adaptive: false,
-                ..p
-            },
-            0.0,
-        );
-        assert_eq!(fixed.next(), 16);
+        assert!(runs.rate_at(0) < 0.6 && runs.rate_at(5) > 0.95);
+        assert!(runs.next(&cheap) >= 10, "runs favour long drafts: {}", runs.next(&cheap));
+        // an expensive drafter drafts shorter at the same acceptance
+        let dear = CostModel::new(0.5);
+        let mut m = AdaptiveLength::new(&p);
+        for _ in 0..40 {
+            m.update(4, 3);
+        }
+        let (kc, kd) = (m.next(&cheap), m.next(&dear));
+        assert!(kd < kc, "{kd} {kc}");
+        let mut fixed = AdaptiveLength::new(&SpecParams {
+            adaptive: false,
+            ..p
+        });
+        assert_eq!(fixed.next(&dear), 16);
+    }
+
+    #[test]
+    fn costs_are_measured() {
+        let mut c = CostModel::new(0.2);
+        assert_eq!(c.c_verify(), VERIFY_ROW_COST);
+        assert_eq!(c.c_draft(), 0.2);
+        // T(n) = 20 ms + 10 ms * n: a row costs 10 / 30 of a step
+        for n in [1, 5, 1, 9, 3, 1, 7] {
+            c.observe_pass(n, 0.020 + 0.010 * n as f64);
+        }
+        assert!((c.c_verify() - 1.0 / 3.0).abs() < 1e-6, "{}", c.c_verify());
+        assert!((c.step_secs().unwrap() - 0.030).abs() < 1e-9);
+        c.observe_draft(4, 0.060);
+        assert!((c.c_draft() - 0.5).abs() < 1e-6, "{}", c.c_draft());
+        // passes of one size only: the slope stays unknown
+        let mut same = CostModel::new(0.0);
+        for _ in 0..10 {
+            same.observe_pass(5, 0.1);
+        }
+        assert_eq!(same.c_verify(), VERIFY_ROW_COST);
     }
 
     fn one_hot_rows(ids: &[u32], n_vocab: usize) -> Vec<f32> {
