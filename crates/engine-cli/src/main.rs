@@ -50,7 +50,7 @@ enum Command {
 /// llama.cpp's tools spell some long options with one dash (`-pg`, `-ub`, `-ctk`); accept
 /// those spellings by rewriting them to the `--` form before parsing.
 fn llama_style_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    const LONG_WITH_ONE_DASH: &[&str] = &["-pg", "-ub", "-ctk", "-ctv"];
+    const LONG_WITH_ONE_DASH: &[&str] = &["-pg", "-ub", "-ctk", "-ctv", "-md"];
     args.map(|a| match a.to_str() {
         Some(s) if LONG_WITH_ONE_DASH.contains(&s) => format!("-{s}").into(),
         _ => a,

@@ -120,6 +120,11 @@ pub struct AttentionSpec<'a> {
     pub sinks: Option<&'a Weight>,
     /// One entry per query row.
     pub queries: &'a [QueryPos],
+    /// The rows' groups, as in [`Backend::matmul_groups`]: consecutive rows of one sequence
+    /// that are computed together, each group's results the same as the group's alone. A
+    /// group never spans two sequences. `None`: each run of queries with the same `kv_base`
+    /// is one group.
+    pub groups: Option<&'a [u32]>,
 }
 
 /// One sequence's consecutive rows in a call to a recurrent-state operation

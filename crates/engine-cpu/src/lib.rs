@@ -567,8 +567,9 @@ impl Backend for CpuBackend {
             window: spec.window,
         };
         // Numerics follow llama.cpp's CPU flash attention with an f16 cache, path by path,
-        // chosen per sequence (a run of queries with the same kv_base) so that sequences
-        // batched together give the results they give alone: a single query over a long
+        // chosen per group (by default a sequence's run of queries with the same kv_base) so
+        // that sequences batched together give the results they give alone, and a query in
+        // a group of its own gets exactly a one-token step's result: a single query over a long
         // cache is split across threads, fewer than 64 queries accumulate in f16, more use
         // f32 tiles.
         let f16_cache = k.dtype() == DType::F16 && v.dtype() == DType::F16;
@@ -578,14 +579,35 @@ impl Backend for CpuBackend {
         let op = SendPtr(os.as_mut_ptr());
         let group = nh / nkv;
         let queries = spec.queries;
-        let run_len = |t: usize| -> usize {
-            let b = queries[t].kv_base;
-            let lo = (0..t)
-                .rev()
-                .take_while(|&i| queries[i].kv_base == b)
-                .count();
-            let hi = (t + 1..n).take_while(|&i| queries[i].kv_base == b).count();
-            lo + 1 + hi
+        if let Some(g) = spec.groups {
+            check(g.iter().map(|&l| l as usize).sum::<usize>() == n, || {
+                format!("attention groups cover {:?} rows, not {n}", g)
+            })?;
+        }
+        // The group holding query `t`: its first row and its length.
+        let group_of = |t: usize| -> (usize, usize) {
+            match spec.groups {
+                Some(groups) => {
+                    let mut s = 0;
+                    for &l in groups {
+                        let l = l as usize;
+                        if t < s + l {
+                            return (s, l);
+                        }
+                        s += l;
+                    }
+                    (t, 1)
+                }
+                None => {
+                    let b = queries[t].kv_base;
+                    let lo = (0..t)
+                        .rev()
+                        .take_while(|&i| queries[i].kv_base == b)
+                        .count();
+                    let hi = (t + 1..n).take_while(|&i| queries[i].kv_base == b).count();
+                    (t - lo, lo + 1 + hi)
+                }
+            }
         };
         const ROWS: usize = 64;
         let chunks = n.div_ceil(ROWS);
@@ -597,11 +619,11 @@ impl Backend for CpuBackend {
             let mut start = r0;
             while start < r1 {
                 let base = queries[start].kv_base;
+                let (g_start, run) = group_of(start);
                 let end = start
-                    + (start..r1)
+                    + (start..r1.min(g_start + run))
                         .take_while(|&i| queries[i].kv_base == base)
                         .count();
-                let run = run_len(start);
                 if f16_cache && run >= ops::attention::F16_ACCUM_MAX_QUERIES {
                     // Tiled path: the sub-run shares converted K/V tiles.
                     let mut rows: [ops::attention::TiledRow; ROWS] =

@@ -238,6 +238,7 @@ fn attention_matches_naive_softmax_with_windows_gqa_and_sinks() {
                     window,
                     sinks: if use_sinks { Some(&sinks) } else { None },
                     queries: &queries,
+                    groups: None,
                 };
                 be.attention(&q, &k, &v, &spec, &mut out).unwrap();
                 let mut got = vec![0.0; qv.len()];

@@ -1,5 +1,6 @@
 //! A batch of tokens to evaluate: token id, position, sequence, and whether its logits are
-//! wanted (llama.cpp's `llama_batch`).
+//! wanted (llama.cpp's `llama_batch`), plus whether a token must get exactly the arithmetic
+//! of a one-token step (drafted tokens being verified, see [`Batch::push_verify`]).
 
 /// Tokens for one forward pass, possibly from several sequences.
 #[derive(Clone, Debug, Default)]
@@ -12,6 +13,10 @@ pub struct Batch {
     pub seq: Vec<u32>,
     /// Whether logits are produced for each token.
     pub output: Vec<bool>,
+    /// Whether each token is evaluated as if it were a one-token step of its own: it forms
+    /// its own kernel group for matmuls and attention instead of sharing its sequence run's
+    /// (batched) routines, so its logits are bit-identical to plain one-token decoding.
+    pub single: Vec<bool>,
 }
 
 impl Batch {
@@ -22,6 +27,7 @@ impl Batch {
             pos: Vec::with_capacity(n),
             seq: Vec::with_capacity(n),
             output: Vec::with_capacity(n),
+            single: Vec::with_capacity(n),
         }
     }
 
@@ -31,6 +37,7 @@ impl Batch {
         self.pos.clear();
         self.seq.clear();
         self.output.clear();
+        self.single.clear();
     }
 
     /// Appends one token.
@@ -39,6 +46,7 @@ impl Batch {
         self.pos.push(pos);
         self.seq.push(seq);
         self.output.push(output);
+        self.single.push(false);
     }
 
     /// Appends consecutive tokens of one sequence starting at `start`; logits for the last
@@ -52,6 +60,24 @@ impl Batch {
                 all_logits || i + 1 == tokens.len(),
             );
         }
+    }
+
+    /// Appends consecutive tokens of one sequence starting at `start`, each with logits and
+    /// each evaluated with a one-token step's arithmetic: the verification of drafted tokens
+    /// in speculative decoding. One forward pass scores them all, yet every row's logits
+    /// equal, bit for bit, what decoding the tokens one at a time would give, so greedy
+    /// speculative decoding reproduces plain decoding exactly.
+    pub fn push_verify(&mut self, tokens: &[u32], start: u32, seq: u32) {
+        for (i, &t) in tokens.iter().enumerate() {
+            self.push_single(t, start + i as u32, seq, true);
+        }
+    }
+
+    /// Appends one token evaluated with a one-token step's arithmetic (see
+    /// [`Batch::single`]).
+    pub fn push_single(&mut self, token: u32, pos: u32, seq: u32, output: bool) {
+        self.push(token, pos, seq, output);
+        *self.single.last_mut().expect("just pushed") = true;
     }
 
     /// Number of tokens.

@@ -6,7 +6,10 @@
 //! are contiguous and attention needs only a base row and a position per query. Recurrent
 //! state is one row per sequence and summarises all of its tokens, so it can only continue
 //! at the sequence's length or restart at position 0: truncating or copying a part of a
-//! sequence is refused for models that have recurrent layers.
+//! sequence is refused for models that have recurrent layers. Speculative decoding rewinds
+//! them through a checkpoint instead ([`Context::checkpoint_seq`], [`Context::restore_seq`]):
+//! the state is saved before drafted tokens are verified, restored when some are rejected,
+//! and the accepted tokens are evaluated again.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -83,6 +86,15 @@ pub struct Context {
     pub(crate) observer: Option<TensorObserver>,
     pub(crate) observe_buf: Vec<f32>,
     pending: Vec<(u32, usize)>,
+    checkpoints: Vec<Option<Checkpoint>>,
+}
+
+/// A sequence's saved length and recurrent state (one row per recurrent layer).
+struct Checkpoint {
+    len: usize,
+    /// False once the sequence was cut below `len` (cleared, truncated, overwritten).
+    valid: bool,
+    layers: Vec<Option<(Tensor, Tensor)>>,
 }
 
 impl Context {
@@ -133,6 +145,7 @@ impl Context {
             scratch: None,
             observer: None,
             observe_buf: Vec::new(),
+            checkpoints: Vec::new(),
         })
     }
 
@@ -196,6 +209,7 @@ impl Context {
     /// batch for it starts at position 0, which also resets any recurrent state.
     pub fn clear_seq(&mut self, seq: usize) {
         self.seq_len[seq] = 0;
+        self.cut(seq, 0);
     }
 
     /// Keeps only the first `len` positions of `seq` (rollback after rejected drafts).
@@ -216,7 +230,86 @@ impl Context {
             )));
         }
         self.seq_len[seq] = self.seq_len[seq].min(len);
+        self.cut(seq, len);
         Ok(())
+    }
+
+    /// Saves sequence `seq`'s length and recurrent state, so that [`Context::restore_seq`]
+    /// can return to this point after later tokens are rejected. Attention layers need no
+    /// copy (their rows past a length are simply overwritten later); recurrent layers copy
+    /// their state row into buffers allocated on the first checkpoint of the slot.
+    pub fn checkpoint_seq(&mut self, seq: usize) -> Result<()> {
+        if seq >= self.n_seq() {
+            return Err(ModelError::Input(format!(
+                "checkpoint_seq: sequence {seq} but the context has {} slots",
+                self.n_seq()
+            )));
+        }
+        if self.checkpoints.len() < self.n_seq() {
+            self.checkpoints.resize_with(self.n_seq(), || None);
+        }
+        if self.checkpoints[seq].is_none() {
+            let mut layers = Vec::with_capacity(self.recurrent.len());
+            for r in &self.recurrent {
+                layers.push(match r {
+                    Some(r) => Some((
+                        self.backend.alloc(DType::F32, &[1, r.conv.cols()])?,
+                        self.backend.alloc(DType::F32, &[1, r.ssm.cols()])?,
+                    )),
+                    None => None,
+                });
+            }
+            self.checkpoints[seq] = Some(Checkpoint {
+                len: 0,
+                valid: false,
+                layers,
+            });
+        }
+        let cp = self.checkpoints[seq].as_mut().expect("made above");
+        let row = [seq as u32];
+        for (r, c) in self.recurrent.iter().zip(cp.layers.iter_mut()) {
+            if let (Some(r), Some((conv, ssm))) = (r, c) {
+                self.backend.gather_rows(&r.conv, &row, conv)?;
+                self.backend.gather_rows(&r.ssm, &row, ssm)?;
+            }
+        }
+        cp.len = self.seq_len[seq];
+        cp.valid = true;
+        Ok(())
+    }
+
+    /// Forgets the checkpoint of `seq` if the sequence is cut below it.
+    fn cut(&mut self, seq: usize, len: usize) {
+        if let Some(Some(cp)) = self.checkpoints.get_mut(seq) {
+            if len < cp.len {
+                cp.valid = false;
+            }
+        }
+    }
+
+    /// Returns sequence `seq` to its last [`Context::checkpoint_seq`]: its length and its
+    /// recurrent state. Returns the restored length. Fails when the slot has no checkpoint
+    /// or was cleared below it since.
+    pub fn restore_seq(&mut self, seq: usize) -> Result<usize> {
+        let cp = self
+            .checkpoints
+            .get(seq)
+            .and_then(Option::as_ref)
+            .filter(|cp| cp.valid)
+            .ok_or_else(|| {
+                ModelError::Input(format!(
+                    "restore_seq: sequence {seq} has no checkpoint (or was cut below it)"
+                ))
+            })?;
+        let row = [seq as u32];
+        for (r, c) in self.recurrent.iter_mut().zip(cp.layers.iter()) {
+            if let (Some(r), Some((conv, ssm))) = (r, c) {
+                self.backend.scatter_rows(conv, &row, &mut r.conv)?;
+                self.backend.scatter_rows(ssm, &row, &mut r.ssm)?;
+            }
+        }
+        self.seq_len[seq] = cp.len;
+        Ok(cp.len)
     }
 
     /// Copies the first `len` cached positions of `src` into `dst` (prefix reuse). With
@@ -254,6 +347,7 @@ impl Context {
             }
         }
         self.seq_len[dst] = len;
+        self.cut(dst, 0);
         Ok(())
     }
 
@@ -284,7 +378,11 @@ impl Context {
     /// nothing but records the new lengths, applied by [`Context::commit`].
     pub(crate) fn validate(&mut self, batch: &Batch, n_vocab: usize) -> Result<()> {
         let n = batch.tokens.len();
-        if batch.pos.len() != n || batch.seq.len() != n || batch.output.len() != n {
+        if batch.pos.len() != n
+            || batch.seq.len() != n
+            || batch.output.len() != n
+            || batch.single.len() != n
+        {
             return Err(ModelError::Input("batch arrays differ in length".into()));
         }
         self.pending.clear();
@@ -331,6 +429,9 @@ impl Context {
                              layers hold only the state after the last token (continue at \
                              {have} or restart at 0)"
                         )));
+                    }
+                    if p < have {
+                        self.cut(s as usize, p);
                     }
                     self.pending.push((s, p));
                     &mut self.pending.last_mut().expect("just pushed").1

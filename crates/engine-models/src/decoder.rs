@@ -296,9 +296,12 @@ struct Scratch {
     rows: Vec<u32>,
     queries: Vec<QueryPos>,
     out_idx: Vec<u32>,
-    /// Lengths of the runs of consecutive tokens of one sequence (matmul row groups).
+    /// Lengths of the runs of consecutive tokens of one sequence (matmul row groups); a
+    /// token marked [`Batch::single`] is a group of its own.
     groups: Vec<u32>,
-    /// The same runs with their sequence slots (recurrent layers).
+    /// Each row's group number (MoE rows meet the expert matmuls in these groups).
+    group_ids: Vec<u32>,
+    /// The runs of consecutive tokens of one sequence with their slots (recurrent layers).
     runs: Vec<SeqRun>,
     /// Per-token query scales (temperature scaling).
     q_scales: Vec<f32>,
@@ -607,6 +610,7 @@ impl Decoder {
             queries: Vec::with_capacity(n_batch),
             out_idx: Vec::with_capacity(n_batch),
             groups: Vec::with_capacity(n_batch),
+            group_ids: Vec::with_capacity(n_batch),
             runs: Vec::with_capacity(n_batch),
             q_scales: Vec::with_capacity(n_batch),
             out_groups: Vec::with_capacity(n_out),
@@ -753,6 +757,7 @@ impl Decoder {
             window: ac.window,
             sinks: aw.sinks.as_ref(),
             queries: &s.queries,
+            groups: Some(&s.groups),
         };
         be.attention(&s.q, &kv.k, &kv.v, &spec, &mut s.attn)?;
         ctx.observe(format_args!("kqv_out-{l}"), &s.attn)?;
@@ -783,22 +788,24 @@ impl Decoder {
             s.rows.clear();
             s.queries.clear();
             s.groups.clear();
+            s.group_ids.clear();
             s.runs.clear();
             for i in range.clone() {
-                match (s.groups.last_mut(), s.runs.last_mut()) {
-                    (Some(g), Some(r)) if batch.seq[i] == batch.seq[i - 1] => {
-                        *g += 1;
-                        r.len += 1;
-                    }
-                    _ => {
-                        s.groups.push(1);
-                        s.runs.push(SeqRun {
-                            slot: batch.seq[i],
-                            len: 1,
-                            fresh: batch.pos[i] == 0,
-                        });
-                    }
+                let same_seq = i > range.start && batch.seq[i] == batch.seq[i - 1];
+                match s.runs.last_mut() {
+                    Some(r) if same_seq => r.len += 1,
+                    _ => s.runs.push(SeqRun {
+                        slot: batch.seq[i],
+                        len: 1,
+                        fresh: batch.pos[i] == 0,
+                    }),
                 }
+                // a token evaluated as a one-token step is a group of its own
+                match s.groups.last_mut() {
+                    Some(g) if same_seq && !batch.single[i] && !batch.single[i - 1] => *g += 1,
+                    _ => s.groups.push(1),
+                }
+                s.group_ids.push(s.groups.len() as u32 - 1);
                 let base = batch.seq[i] * n_ctx as u32;
                 s.rows.push(base + batch.pos[i]);
                 s.queries.push(QueryPos {
@@ -825,8 +832,7 @@ impl Decoder {
         let hp = &self.cfg.hp;
         let n = range.len();
         let tokens = &batch.tokens[range.clone()];
-        let pos = &batch.pos[range.clone()];
-        let seqs = &batch.seq[range];
+        let pos = &batch.pos[range];
         let e = hp.n_embd;
         s.x.reshape(&[n, e])?;
         s.h.reshape(&[n, e])?;
@@ -880,7 +886,16 @@ impl Decoder {
                     )?,
                     FfnWeights::Moe(mc, mw) => {
                         let ms = s.moe.as_mut().expect("allocated with MoE layers");
-                        mw.forward(be, mc, self.cfg.act, &s.h, seqs, &s.groups, ms, &mut s.o)?;
+                        mw.forward(
+                            be,
+                            mc,
+                            self.cfg.act,
+                            &s.h,
+                            &s.group_ids,
+                            &s.groups,
+                            ms,
+                            &mut s.o,
+                        )?;
                     }
                     FfnWeights::None => unreachable!("a norm implies a feed-forward block"),
                 }
@@ -913,18 +928,18 @@ impl Decoder {
                 s.out_idx.push(j as u32);
             }
         }
-        // Each sequence's outputs are cut into pieces of OUT_CHUNK rows counted from its own
+        // Each group's outputs are cut into pieces of OUT_CHUNK rows counted from its own
         // first output, and whole pieces are packed into chunks, so a sequence's rows meet
         // the output matmul in the same row groups whatever else is in the batch.
         s.out_pieces.clear();
-        let mut prev_seq = None;
+        let mut prev_group = None;
         for &r in &s.out_idx {
-            let seq = batch.seq[range.start + r as usize];
+            let group = s.group_ids[r as usize];
             match s.out_pieces.last_mut() {
-                Some(p) if prev_seq == Some(seq) && (*p as usize) < OUT_CHUNK => *p += 1,
+                Some(p) if prev_group == Some(group) && (*p as usize) < OUT_CHUNK => *p += 1,
                 _ => s.out_pieces.push(1),
             }
-            prev_seq = Some(seq);
+            prev_group = Some(group);
         }
         let n_vocab = self.info.n_vocab;
         let (mut start, mut piece) = (0, 0);

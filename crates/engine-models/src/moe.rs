@@ -303,8 +303,9 @@ fn route(
 
 impl MoeWeights {
     /// `out = sum over each row's selected experts of weight * expert(h)` (plus the shared
-    /// expert). `seqs[i]` is row `i`'s sequence (rows of one sequence are consecutive runs);
-    /// `groups` are those runs' lengths; `shared_act` is the shared expert's activation.
+    /// expert). `seqs[i]` is row `i`'s group number (consecutive rows computed together:
+    /// a sequence's run, or one token evaluated as a one-token step); `groups` are those
+    /// groups' lengths; `shared_act` is the shared expert's activation.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -352,7 +353,7 @@ impl MoeWeights {
             *at += 1;
         }
         // `start[x]` now holds the end of expert x's slots: one span per selected expert,
-        // its rows in token order, cut into sequence runs
+        // its rows in token order, cut into row groups
         s.spans.clear();
         s.tok.clear();
         s.groups.clear();

@@ -93,6 +93,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// False while the `-m` model is loading at startup.
     pub ready: AtomicBool,
+    /// Drafting sessions of verifiers using this server as their drafter (`/v1/draft`).
+    pub drafts: crate::draft::endpoint::DraftSessions,
 }
 
 impl AppState {
@@ -122,6 +124,7 @@ pub async fn serve(
         metrics,
         registry: registry.clone(),
         ready: AtomicBool::new(!single),
+        drafts: Default::default(),
         cfg,
     });
     if single {
@@ -269,6 +272,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/models/load", post(manage::load))
         .route("/models/unload", post(manage::unload))
         .route("/unload", get(manage::unload_all).post(manage::unload_all))
+        .route(
+            crate::draft::protocol::PATH,
+            post(crate::draft::endpoint::draft),
+        )
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let mut app = Router::new()

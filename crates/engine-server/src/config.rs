@@ -86,6 +86,8 @@ pub struct ServerConfig {
     pub max_models: usize,
     /// How long a load may wait for busy models to finish before the request gets 503.
     pub load_timeout: Duration,
+    /// Speculative decoding (none by default).
+    pub draft: crate::draft::DraftConfig,
 }
 
 /// One model of a multi-model server.
@@ -141,6 +143,7 @@ impl ServerConfig {
             keep_alive: None,
             max_models: 0,
             load_timeout: Duration::from_secs(300),
+            draft: Default::default(),
         }
     }
 
@@ -213,6 +216,28 @@ pub struct FileConfig {
     pub max_models: Option<usize>,
     /// `--load-timeout` in seconds
     pub load_timeout: Option<u64>,
+    /// `--model-draft`
+    pub model_draft: Option<String>,
+    /// `--spec-type`
+    pub spec_type: Option<String>,
+    /// `--draft-max`
+    pub draft_max: Option<usize>,
+    /// `--draft-min`
+    pub draft_min: Option<usize>,
+    /// `--draft-p-min`
+    pub draft_p_min: Option<f32>,
+    /// `--draft-fixed`
+    pub draft_fixed: Option<bool>,
+    /// `--draft-remote`
+    pub draft_remote: Option<String>,
+    /// `--draft-remote-key`
+    pub draft_remote_key: Option<String>,
+    /// `--draft-remote-timeout` in milliseconds
+    pub draft_remote_timeout: Option<u64>,
+    /// `--spec-ngram-min`
+    pub spec_ngram_min: Option<usize>,
+    /// `--spec-ngram-max`
+    pub spec_ngram_max: Option<usize>,
 }
 
 /// A string or a list of strings.

@@ -14,6 +14,7 @@
 //! * [`scheduler`]: the continuous-batching step loop (one per loaded model).
 //! * [`template`]: chat templates (minijinja) and the built-ins.
 //! * [`reasoning`]: splitting `reasoning_content` from `content`.
+//! * [`draft`]: speculative decoding's drafters, and drafting for a verifier on another node.
 //! * [`admission`]: the bounded queue.
 //! * [`metrics`]: Prometheus exposition.
 //!
@@ -25,6 +26,7 @@ pub mod admission;
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod draft;
 pub mod metrics;
 pub mod models;
 pub mod reasoning;

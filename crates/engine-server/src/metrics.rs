@@ -158,6 +158,8 @@ pub struct Metrics {
     pub models_memory_bytes: AtomicU64,
     /// The memory budget for models.
     pub memory_budget_bytes: AtomicU64,
+    /// Speculative decoding counters.
+    pub spec: crate::scheduler::speculative::SpecMetrics,
 }
 
 impl Default for Metrics {
@@ -195,6 +197,7 @@ impl Metrics {
             models_loaded: AtomicU64::new(0),
             models_memory_bytes: AtomicU64::new(0),
             memory_budget_bytes: AtomicU64::new(0),
+            spec: Default::default(),
         }
     }
 
@@ -220,6 +223,7 @@ impl Metrics {
         self.tpot.absorb(&other.tpot);
         self.e2e.absorb(&other.e2e);
         self.queue_time.absorb(&other.queue_time);
+        self.spec.absorb(&other.spec);
         if gauges {
             add(&self.running, &other.running);
             add(&self.waiting, &other.waiting);
@@ -450,6 +454,7 @@ impl Metrics {
             "engine:model_load_duration_seconds",
             "Seconds per model load (estimate, evictions, loading, starting the scheduler).",
         );
+        self.spec.render(&mut out);
         out
     }
 }

@@ -844,9 +844,21 @@ impl Registry {
             .digest
             .clone()
             .unwrap_or_else(|| crate::app::file_digest(&spec.path, meta.as_ref()));
+        let draft_cfg = self.draft_config(spec).map_err(fail)?;
+        let drafter = crate::draft::build(&draft_cfg, &model, &opts)
+            .map_err(fail)?
+            .map(|d| (d, draft_cfg.params.clone()));
+        if let Some(kind) = draft_cfg.kind() {
+            tracing::info!(
+                model = %name,
+                drafter = kind.name(),
+                draft_max = draft_cfg.params.draft_max,
+                "speculative decoding on"
+            );
+        }
         let model = Arc::new(model);
         let metrics = Arc::new(Metrics::new());
-        let (sched, thread) = scheduler::spawn(
+        let (sched, thread) = scheduler::spawn_speculative(
             model.clone(),
             SchedConfig {
                 ubatch: self.cfg.ubatch,
@@ -854,6 +866,7 @@ impl Registry {
                 cache_prompt: self.cfg.cache_prompt,
             },
             metrics.clone(),
+            drafter,
         )
         .map_err(|e| fail(e.to_string()))?;
         let keep_alive = match &spec.preset.keep_alive {
@@ -877,6 +890,21 @@ impl Registry {
             loaded_at: SystemTime::now(),
         });
         Ok((loaded, thread))
+    }
+
+    /// The drafter of a model: its preset's draft model (a path or an installed model name)
+    /// if it names one, else the server's `--model-draft`/`--spec-type`/`--draft-remote`.
+    fn draft_config(&self, spec: &ModelSpec) -> Result<crate::draft::DraftConfig, String> {
+        let Some(name) = spec.preset.draft.as_deref() else {
+            return Ok(self.cfg.draft.clone());
+        };
+        let path = engine_store::Store::open_default()
+            .and_then(|s| s.resolve(name))
+            .map_err(|e| format!("draft model '{name}': {e}"))?;
+        Ok(crate::draft::DraftConfig {
+            source: crate::draft::DraftSource::Model(path),
+            params: self.cfg.draft.params.clone(),
+        })
     }
 
     /// Stops a removed model's scheduler, waits for its thread, frees it and counts it.

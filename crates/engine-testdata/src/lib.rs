@@ -283,6 +283,58 @@ pub fn requantized_gemma3(dtype: engine_core::DType) -> Result<PathBuf, String> 
     Ok(dst)
 }
 
+/// A self-drafting model for speculative decoding tests: the first `n_layers` blocks of the
+/// GGUF at `src` (with its embeddings, final norm and output head), written once into the
+/// cache as `<stem>-first<n_layers>.gguf`. It shares the vocabulary, so it can draft for the
+/// full model, and it agrees with it often but not always, so verification both accepts
+/// and rejects.
+pub fn first_layers_model(src: &Path, n_layers: usize) -> Result<PathBuf, String> {
+    let stem = src
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let dst = cache_dir().join(format!("{stem}-first{n_layers}.gguf"));
+    let _g = FETCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if dst.exists() {
+        return Ok(dst);
+    }
+    let g = engine_gguf::GgufModel::open(src, true).map_err(|e| e.to_string())?;
+    let arch = g
+        .get("general.architecture")
+        .and_then(|v| v.as_str())
+        .ok_or("no general.architecture")?
+        .to_string();
+    let mut w = engine_gguf::GgufWriter::new();
+    for (k, v) in g.metadata() {
+        if *k == format!("{arch}.block_count") {
+            w.set(k, engine_gguf::Value::U32(n_layers as u32));
+        } else {
+            w.set(k, v.clone());
+        }
+    }
+    for t in g.tensors() {
+        let layer = t
+            .name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        if layer.is_some_and(|l| l >= n_layers) {
+            continue;
+        }
+        w.add_tensor(
+            &t.name,
+            t.dtype,
+            &t.shape(),
+            g.tensor_data(t).as_slice().to_vec(),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let tmp = dst.with_extension(format!("tmp.{}", std::process::id()));
+    w.write_to(&tmp).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, &dst).map_err(|e| e.to_string())?;
+    Ok(dst)
+}
+
 /// Index of the largest value (first on ties).
 pub fn argmax(x: &[f32]) -> u32 {
     let mut best = (0usize, f32::NEG_INFINITY);

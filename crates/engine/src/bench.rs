@@ -8,6 +8,10 @@
 //! starts with a warm-up run (the prompt, then one generated token), and every repetition
 //! starts from an emptied cache; a filled depth is computed once and restored afterwards.
 //! Tokenization and sampling are not part of the timing: tokens are random ids.
+//!
+//! [`run_spec_test`] is the speculative mode: the same greedy generation from a real prompt
+//! (speculation needs text, not random ids), plainly and with a drafter, repetitions
+//! interleaved, reporting both generation speeds, the speedup and the acceptance rate.
 
 use std::time::Instant;
 
@@ -268,6 +272,100 @@ pub fn run_test(model: &Model, test: BenchTest, cfg: &BenchConfig) -> Result<Ben
         samples_ns.push(t0.elapsed().as_nanos() as u64);
     }
     Ok(BenchResult { test, samples_ns })
+}
+
+/// One speculative benchmark: plain and speculative generation of the same tokens.
+#[derive(Clone, Debug)]
+pub struct SpecBenchResult {
+    /// Tokens generated per run.
+    pub n_gen: usize,
+    /// Generation wall time of each plain repetition (ns), prompt excluded.
+    pub plain_ns: Vec<u64>,
+    /// Generation wall time of each speculative repetition (ns), prompt excluded.
+    pub spec_ns: Vec<u64>,
+    /// Drafting totals over the speculative repetitions.
+    pub stats: crate::speculative::SpecStats,
+    /// Whether every speculative run produced exactly the plain run's tokens.
+    pub identical: bool,
+}
+
+impl SpecBenchResult {
+    fn ts(&self, ns: &[u64]) -> (f64, f64) {
+        mean_stddev(
+            &ns.iter()
+                .map(|&x| self.n_gen as f64 * 1e9 / x.max(1) as f64)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// Plain generation t/s: mean and standard deviation.
+    pub fn plain_ts(&self) -> (f64, f64) {
+        self.ts(&self.plain_ns)
+    }
+
+    /// Speculative generation t/s: mean and standard deviation.
+    pub fn spec_ts(&self) -> (f64, f64) {
+        self.ts(&self.spec_ns)
+    }
+
+    /// Mean speculative t/s over mean plain t/s.
+    pub fn speedup(&self) -> f64 {
+        self.spec_ts().0 / self.plain_ts().0.max(1e-9)
+    }
+}
+
+/// Generates `n_gen` tokens greedily from `prompt` (token ids) `reps` times plainly and
+/// `reps` times with `drafter`, alternating (plain, speculative, plain, ...) so that a
+/// noisy machine slows both alike. End-of-generation tokens are ignored so every run
+/// generates exactly `n_gen` tokens. One untimed warm-up run of each comes first.
+pub fn run_spec_test(
+    model: &Model,
+    prompt: &[u32],
+    n_gen: usize,
+    reps: usize,
+    drafter: &mut dyn crate::speculative::Drafter,
+    spec: &crate::speculative::SpecParams,
+) -> Result<SpecBenchResult> {
+    use crate::model::{GenerateParams, Prompt};
+    if n_gen == 0 || prompt.is_empty() {
+        return Err(Error::Options(
+            "a speculative test needs a prompt and tokens to generate".into(),
+        ));
+    }
+    let params = GenerateParams {
+        max_tokens: Some(n_gen),
+        sampling: crate::sampling::SamplingParams::greedy(),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let prompt = Prompt::Tokens(prompt.to_vec());
+    let mut session = model.session()?;
+    let mut res = SpecBenchResult {
+        n_gen,
+        plain_ns: Vec::with_capacity(reps),
+        spec_ns: Vec::with_capacity(reps),
+        stats: Default::default(),
+        identical: true,
+    };
+    for rep in 0..=reps.max(1) {
+        let plain = session.generate(&prompt, &params, |_| true)?;
+        let sp = session.generate_speculative(&prompt, &params, drafter, spec, |_| true)?;
+        if rep == 0 {
+            continue; // warm-up
+        }
+        res.plain_ns
+            .push((plain.timings.predicted_ms * 1e6).round() as u64);
+        res.spec_ns
+            .push((sp.timings.predicted_ms * 1e6).round() as u64);
+        res.identical &= sp.ids == plain.ids;
+        if let Some(st) = sp.speculative {
+            res.stats.steps += st.steps;
+            res.stats.drafted += st.drafted;
+            res.stats.accepted += st.accepted;
+            res.stats.fallbacks += st.fallbacks;
+        }
+    }
+    Ok(res)
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@
 //! * [`model`]: [`Model`] (weights, tokenizer, backend) and [`Session`] (one sequence).
 //! * [`sampling`]: the sampler.
 //! * [`perplexity`]: perplexity and KL-divergence with llama-perplexity's semantics.
+//! * [`speculative`]: speculative decoding (verification, n-gram and draft-model drafters).
 //! * [`memory`]: memory estimates and the refusal to overcommit.
 //! * [`stop`]: stop strings in streamed text.
 //! * [`harmony`]: the GPT-OSS (harmony) chat format: rendering and reply parsing.
@@ -37,6 +38,7 @@ pub mod memory;
 pub mod model;
 pub mod perplexity;
 pub mod sampling;
+pub mod speculative;
 pub mod stop;
 
 pub use engine_core::DType;
@@ -48,3 +50,4 @@ pub use model::{
     StopReason, Timings, TokenEvent,
 };
 pub use sampling::{Sampler, SamplingParams};
+pub use speculative::{Draft, DraftRequest, Drafter, DrafterKind, SpecParams, SpecStats};

@@ -12,6 +12,10 @@ use engine_tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::error::{Error, Result};
 use crate::sampling::{top_logprobs, Sampler, SamplingParams};
+use crate::speculative::{
+    rollback, verify, AdaptiveLength, CostModel, Draft, DraftRequest, Drafter, SpecParams,
+    SpecStats, VerifyScratch,
+};
 use crate::stop::{StopCheck, StopMatcher};
 
 /// Which device runs the model.
@@ -101,6 +105,25 @@ pub struct Model {
 impl Model {
     /// Loads the GGUF model at `path`.
     pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Model> {
+        Self::load_on(path, opts, None)
+    }
+
+    /// Loads the GGUF model at `path` onto another model's backend (its thread pool), as a
+    /// draft model does: the two never compute at the same time, and one pool keeps the
+    /// cores from being shared by two sets of spinning workers.
+    pub fn load_sharing(
+        path: impl AsRef<Path>,
+        opts: &LoadOptions,
+        other: &Model,
+    ) -> Result<Model> {
+        Self::load_on(path, opts, Some(other.backend.clone()))
+    }
+
+    fn load_on(
+        path: impl AsRef<Path>,
+        opts: &LoadOptions,
+        backend: Option<Arc<dyn Backend>>,
+    ) -> Result<Model> {
         let t0 = Instant::now();
         let path = path.as_ref();
         if opts.n_seq == 0 || opts.n_batch == 0 {
@@ -134,8 +157,11 @@ impl Model {
         } else {
             opts.threads
         };
-        let backend: Arc<dyn Backend> = match opts.device {
-            Device::Cpu => Arc::new(engine_cpu::CpuBackend::new(threads).with_repack(opts.repack)),
+        let backend: Arc<dyn Backend> = match (backend, &opts.device) {
+            (Some(b), _) => b,
+            (None, Device::Cpu) => {
+                Arc::new(engine_cpu::CpuBackend::new(threads).with_repack(opts.repack))
+            }
         };
         // The architecture first: an unsupported model fails on that, not on its tokenizer.
         let model = engine_models::load(&gguf, backend.clone())?;
@@ -389,6 +415,72 @@ pub struct Generation {
     pub timings: Timings,
     /// Top log-probabilities per generated token, if requested.
     pub logprobs: Vec<Vec<(u32, f32)>>,
+    /// What speculative decoding did, when it was used.
+    pub speculative: Option<SpecStats>,
+}
+
+/// Everything a generated token goes through once chosen: end-of-generation, detokenizing,
+/// stop strings, the callback and the length limit (shared by plain and speculative
+/// decoding, so both end a generation the same way).
+struct Emitter<'a> {
+    tok: &'a Tokenizer,
+    params: &'a GenerateParams,
+    stops: StopMatcher,
+    decoder: StreamDecoder,
+    ids: Vec<u32>,
+    text: String,
+    emitted: usize,
+    all_logprobs: Vec<Vec<(u32, f32)>>,
+    max_new: usize,
+}
+
+impl Emitter<'_> {
+    /// Emits `id` (already recorded by the sampler); returns why generation ends, if it does.
+    fn emit(
+        &mut self,
+        id: u32,
+        lp: Option<Vec<(u32, f32)>>,
+        on_token: &mut dyn FnMut(&TokenEvent) -> bool,
+    ) -> Option<StopReason> {
+        self.ids.push(id);
+        if !self.params.ignore_eos && self.tok.is_eog(id) {
+            if let Some(lp) = lp {
+                self.all_logprobs.push(lp);
+            }
+            return Some(StopReason::Eog);
+        }
+        self.decoder.push(self.tok, id, &mut self.text);
+        let check = self.stops.check(&self.text, self.emitted);
+        let (end, stop) = match check {
+            StopCheck::Continue { safe } => (safe, false),
+            StopCheck::Stop { at } => (at, true),
+        };
+        let keep_going = on_token(&TokenEvent {
+            id,
+            text: &self.text[self.emitted..end],
+            logprobs: lp.as_deref(),
+        });
+        self.emitted = end;
+        if let Some(lp) = lp {
+            self.all_logprobs.push(lp);
+        }
+        if stop {
+            self.text.truncate(end);
+            return Some(StopReason::StopString);
+        }
+        if !keep_going {
+            return Some(StopReason::Cancelled);
+        }
+        if self.ids.len() >= self.max_new {
+            let by_request = self.params.max_tokens.is_some_and(|m| self.ids.len() >= m);
+            return Some(if by_request {
+                StopReason::Length
+            } else {
+                StopReason::ContextFull
+            });
+        }
+        None
+    }
 }
 
 /// One sequence's state on a model.
@@ -463,6 +555,32 @@ impl<'m> Session<'m> {
         params: &GenerateParams,
         mut on_token: impl FnMut(&TokenEvent) -> bool,
     ) -> Result<Generation> {
+        self.generate_inner(prompt, params, None, &mut on_token)
+    }
+
+    /// Like [`Session::generate`], with speculative decoding: `drafter` proposes tokens
+    /// and the model verifies them in one pass per step (see [`crate::speculative`]).
+    /// Greedy output is identical to [`Session::generate`]'s; sampled output has the same
+    /// distribution (not the same tokens for a seed: the random stream is used differently).
+    pub fn generate_speculative(
+        &mut self,
+        prompt: &Prompt,
+        params: &GenerateParams,
+        drafter: &mut dyn Drafter,
+        spec: &SpecParams,
+        mut on_token: impl FnMut(&TokenEvent) -> bool,
+    ) -> Result<Generation> {
+        spec.validate()?;
+        self.generate_inner(prompt, params, Some((drafter, spec)), &mut on_token)
+    }
+
+    fn generate_inner(
+        &mut self,
+        prompt: &Prompt,
+        params: &GenerateParams,
+        spec: Option<(&mut dyn Drafter, &SpecParams)>,
+        on_token: &mut dyn FnMut(&TokenEvent) -> bool,
+    ) -> Result<Generation> {
         params.sampling.validate().map_err(Error::Options)?;
         let model = self.model;
         let tok = &*model.tokenizer;
@@ -494,12 +612,17 @@ impl<'m> Session<'m> {
         for &t in &prompt_ids {
             sampler.accept(t);
         }
-        let stops = StopMatcher::new(&params.stop);
-        let mut decoder = StreamDecoder::new(false);
-        let mut ids = Vec::with_capacity(max_new.min(1 << 16));
-        let mut text = String::with_capacity(4 * max_new.min(1 << 16));
-        let mut emitted = 0usize;
-        let mut all_logprobs = Vec::new();
+        let mut em = Emitter {
+            tok,
+            params,
+            stops: StopMatcher::new(&params.stop),
+            decoder: StreamDecoder::new(false),
+            ids: Vec::with_capacity(max_new.min(1 << 16)),
+            text: String::with_capacity(4 * max_new.min(1 << 16)),
+            emitted: 0,
+            all_logprobs: Vec::new(),
+            max_new,
+        };
         let mut timings = Timings {
             prompt_n: prompt_ids.len(),
             ..Default::default()
@@ -516,87 +639,185 @@ impl<'m> Session<'m> {
         timings.prompt_ms = (t1 - t0).as_secs_f64() * 1e3;
 
         let mut stop_reason = StopReason::Length;
-        let mut pos = prompt_ids.len();
-        while ids.len() < max_new {
-            let lp = if params.logprobs > 0 {
-                Some(top_logprobs(
-                    &self.logits[..n_vocab],
-                    params.logprobs,
-                    &mut self.scratch,
-                ))
-            } else {
-                None
-            };
-            let id = sampler.sample(&self.logits[..n_vocab]);
-            sampler.accept(id);
-            ids.push(id);
-            if !params.ignore_eos && tok.is_eog(id) {
-                if let Some(lp) = lp {
-                    all_logprobs.push(lp);
+        let mut stats = None;
+        match spec {
+            None => {
+                let mut pos = prompt_ids.len();
+                while em.ids.len() < max_new {
+                    let lp = (params.logprobs > 0).then(|| {
+                        top_logprobs(&self.logits[..n_vocab], params.logprobs, &mut self.scratch)
+                    });
+                    let id = sampler.sample(&self.logits[..n_vocab]);
+                    sampler.accept(id);
+                    if let Some(r) = em.emit(id, lp, on_token) {
+                        stop_reason = r;
+                        break;
+                    }
+                    self.batch.clear();
+                    self.batch.push(id, pos as u32, 0, true);
+                    model
+                        .model
+                        .forward(&mut self.ctx, &self.batch, &mut self.logits)?;
+                    pos += 1;
                 }
-                stop_reason = StopReason::Eog;
-                break;
             }
-            decoder.push(tok, id, &mut text);
-            let check = stops.check(&text, emitted);
-            let (end, stop) = match check {
-                StopCheck::Continue { safe } => (safe, false),
-                StopCheck::Stop { at } => (at, true),
-            };
-            let keep_going = on_token(&TokenEvent {
-                id,
-                text: &text[emitted..end],
-                logprobs: lp.as_deref(),
-            });
-            emitted = end;
-            if let Some(lp) = lp {
-                all_logprobs.push(lp);
+            Some((drafter, sp)) if max_new > 0 => {
+                let (reason, st) = self.speculative_loop(
+                    &prompt_ids,
+                    &mut sampler,
+                    &mut em,
+                    drafter,
+                    sp,
+                    on_token,
+                )?;
+                stop_reason = reason;
+                stats = Some(st);
             }
-            if stop {
-                text.truncate(end);
-                stop_reason = StopReason::StopString;
-                break;
-            }
-            if !keep_going {
-                stop_reason = StopReason::Cancelled;
-                break;
-            }
-            if ids.len() >= max_new {
-                let by_request = params.max_tokens.is_some_and(|m| ids.len() >= m);
-                stop_reason = if by_request {
-                    StopReason::Length
-                } else {
-                    StopReason::ContextFull
-                };
-                break;
-            }
-            self.batch.clear();
-            self.batch.push(id, pos as u32, 0, true);
-            model
-                .model
-                .forward(&mut self.ctx, &self.batch, &mut self.logits)?;
-            pos += 1;
+            Some(_) => {}
         }
         if stop_reason != StopReason::StopString {
-            decoder.finish(&mut text);
-            if emitted < text.len() {
-                let tail = text[emitted..].to_string();
+            em.decoder.finish(&mut em.text);
+            if em.emitted < em.text.len() {
+                let tail = em.text[em.emitted..].to_string();
                 on_token(&TokenEvent {
-                    id: *ids.last().unwrap_or(&0),
+                    id: *em.ids.last().unwrap_or(&0),
                     text: &tail,
                     logprobs: None,
                 });
             }
         }
-        timings.predicted_n = ids.len();
+        timings.predicted_n = em.ids.len();
         timings.predicted_ms = t1.elapsed().as_secs_f64() * 1e3;
         Ok(Generation {
             prompt_ids,
-            ids,
-            text,
+            ids: em.ids,
+            text: em.text,
             stop_reason,
             timings,
-            logprobs: all_logprobs,
+            logprobs: em.all_logprobs,
+            speculative: stats,
         })
+    }
+
+    /// The speculative generation loop, from the prompt's logits on: each step drafts
+    /// after the last chosen token, verifies the draft in one pass and emits what it keeps.
+    fn speculative_loop(
+        &mut self,
+        prompt_ids: &[u32],
+        sampler: &mut Sampler,
+        em: &mut Emitter<'_>,
+        drafter: &mut dyn Drafter,
+        sp: &SpecParams,
+        on_token: &mut dyn FnMut(&TokenEvent) -> bool,
+    ) -> Result<(StopReason, SpecStats)> {
+        let model = self.model;
+        let inner = &*model.model;
+        let n_vocab = model.info().n_vocab;
+        let params = em.params;
+        let mut stats = SpecStats::default();
+        let mut ctl = AdaptiveLength::new(sp);
+        let mut cost = CostModel::new(drafter.relative_cost());
+        let mut hist = Vec::with_capacity(prompt_ids.len() + em.max_new + 1);
+        hist.extend_from_slice(prompt_ids);
+        let mut draft = Draft::default();
+        let mut vs = VerifyScratch::default();
+        let mut chosen = Vec::with_capacity(sp.draft_max + 1);
+        let mut evaluated = Vec::with_capacity(sp.draft_max + 1);
+        let mut rows = Vec::new();
+        let lp_of = |row: &[f32], scratch: &mut Vec<(u32, f32)>| {
+            (params.logprobs > 0).then(|| top_logprobs(row, params.logprobs, scratch))
+        };
+
+        // the first token comes from the prompt's logits
+        let lp = lp_of(&self.logits[..n_vocab], &mut self.scratch);
+        let id = sampler.sample(&self.logits[..n_vocab]);
+        sampler.accept(id);
+        hist.push(id);
+        if let Some(r) = em.emit(id, lp, on_token) {
+            return Ok((r, stats));
+        }
+        let mut pos = prompt_ids.len();
+        loop {
+            // `hist`'s last token is chosen but not evaluated; it sits at `pos`
+            let remaining = em.max_new - em.ids.len();
+            let k_max = ctl.next(&cost).min(remaining.saturating_sub(1));
+            draft.clear();
+            if k_max >= sp.draft_min.max(1) {
+                let req = DraftRequest {
+                    seq: 0,
+                    history: &hist,
+                    max: k_max,
+                    sampling: &params.sampling,
+                };
+                let t = Instant::now();
+                if drafter.draft(&req, &mut draft).is_err() {
+                    stats.fallbacks += 1;
+                    draft.clear();
+                }
+                cost.observe_draft(draft.len(), t.elapsed().as_secs_f64());
+                let valid = draft
+                    .tokens
+                    .iter()
+                    .take(k_max)
+                    .take_while(|&&t| (t as usize) < n_vocab)
+                    .count();
+                draft.truncate(valid);
+                if draft.len() < sp.draft_min {
+                    draft.clear();
+                }
+            }
+            let pending = *hist.last().expect("holds the prompt");
+            self.batch.clear();
+            if draft.is_empty() {
+                self.batch.push(pending, pos as u32, 0, true);
+                let t = Instant::now();
+                inner.forward(&mut self.ctx, &self.batch, &mut self.logits)?;
+                cost.observe_pass(1, t.elapsed().as_secs_f64());
+                pos += 1;
+                let lp = lp_of(&self.logits[..n_vocab], &mut self.scratch);
+                let id = sampler.sample(&self.logits[..n_vocab]);
+                sampler.accept(id);
+                hist.push(id);
+                if let Some(r) = em.emit(id, lp, on_token) {
+                    return Ok((r, stats));
+                }
+                continue;
+            }
+            if self.ctx.is_recurrent() {
+                self.ctx.checkpoint_seq(0)?;
+            }
+            evaluated.clear();
+            evaluated.push(pending);
+            evaluated.extend_from_slice(&draft.tokens);
+            self.batch.push_verify(&evaluated, pos as u32, 0);
+            let t = Instant::now();
+            inner.forward(&mut self.ctx, &self.batch, &mut rows)?;
+            cost.observe_pass(evaluated.len(), t.elapsed().as_secs_f64());
+            chosen.clear();
+            let k = draft.len();
+            let a = verify(sampler, &rows, n_vocab, &draft, &mut vs, &mut chosen);
+            stats.steps += 1;
+            stats.drafted += k;
+            stats.accepted += a;
+            ctl.update(k, a);
+            rollback(
+                inner,
+                &mut self.ctx,
+                &mut self.batch,
+                0,
+                pos,
+                &evaluated,
+                a + 1,
+                &mut self.logits,
+            )?;
+            pos += a + 1;
+            for (j, &t) in chosen.iter().enumerate() {
+                let lp = lp_of(&rows[j * n_vocab..(j + 1) * n_vocab], &mut self.scratch);
+                hist.push(t);
+                if let Some(r) = em.emit(t, lp, on_token) {
+                    return Ok((r, stats));
+                }
+            }
+        }
     }
 }

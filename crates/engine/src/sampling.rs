@@ -161,12 +161,67 @@ impl Sampler {
         }
     }
 
+    /// True when the chain is deterministic (temperature 0: the argmax of the penalised
+    /// logits).
+    pub fn is_greedy(&self) -> bool {
+        self.params.temperature <= 0.0
+    }
+
     /// Picks the next token from `logits` (one row of `n_vocab` values).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        match self.prepare(logits) {
+            Some(id) => id,
+            None => self.draw(),
+        }
+    }
+
+    /// The distribution [`Sampler::sample`] draws from for `logits`, after penalties,
+    /// truncation and temperature: `(token, probability)` pairs, most likely first,
+    /// written to `out`. Greedy chains give their one token with probability 1. Nothing is
+    /// drawn, so the random stream is untouched.
+    pub fn distribution(&mut self, logits: &[f32], out: &mut Vec<(u32, f32)>) {
+        out.clear();
+        match self.prepare(logits) {
+            Some(id) => out.push((id, 1.0)),
+            None => out.extend(
+                self.cand
+                    .iter()
+                    .map(|c| c.0)
+                    .zip(self.probs.iter().copied()),
+            ),
+        }
+    }
+
+    /// A uniform draw from `[0, 1)` from the sampler's random stream.
+    pub fn uniform(&mut self) -> f32 {
+        self.rng.gen()
+    }
+
+    /// Draws a token from `weights` (`(token, weight)` pairs, not necessarily normalised)
+    /// with the sampler's random stream; `None` when every weight is zero.
+    pub fn draw_from(&mut self, weights: &[(u32, f32)]) -> Option<u32> {
+        let total: f32 = weights.iter().map(|w| w.1.max(0.0)).sum();
+        if total <= 0.0 || !total.is_finite() {
+            return None;
+        }
+        let r = self.rng.gen::<f32>() * total;
+        let mut cum = 0.0;
+        for &(id, w) in weights {
+            cum += w.max(0.0);
+            if r < cum {
+                return Some(id);
+            }
+        }
+        weights.iter().rev().find(|w| w.1 > 0.0).map(|w| w.0)
+    }
+
+    /// Builds the candidates and their probabilities for `logits` (in `cand` and `probs`),
+    /// or returns the token directly when the chain is deterministic.
+    fn prepare(&mut self, logits: &[f32]) -> Option<u32> {
         let p = self.params.clone();
         let penalize = p.penalties_active() && !self.history.is_empty();
         if p.temperature <= 0.0 && !penalize {
-            return argmax(logits);
+            return Some(argmax(logits));
         }
         // Penalties touch only the tokens seen recently.
         self.counts.clear();
@@ -201,7 +256,7 @@ impl Sampler {
                     best = (i as u32, l);
                 }
             }
-            return best.0;
+            return Some(best.0);
         }
 
         self.cand.clear();
@@ -242,6 +297,11 @@ impl Sampler {
             self.cand.truncate(keep);
         }
         softmax_into(&self.cand, p.temperature, &mut self.probs);
+        None
+    }
+
+    /// Draws from the candidates [`Sampler::prepare`] left.
+    fn draw(&mut self) -> u32 {
         let r: f32 = self.rng.gen();
         let mut cum = 0.0;
         for (i, &q) in self.probs.iter().enumerate() {

@@ -61,6 +61,14 @@ pub struct BenchArgs {
     /// Keep weights in their file format (no load-time repacking).
     #[arg(long = "no-repack")]
     pub no_repack: bool,
+    /// Speculative mode: with a drafter (--spec-type, --model-draft or --draft-remote), time
+    /// -n tokens of greedy generation from a text prompt plainly and speculatively.
+    #[command(flatten)]
+    pub spec: super::spec::SpecArgs,
+    /// Speculative mode: the prompt text file (default: a built-in "repeat and edit this
+    /// text" task).
+    #[arg(long = "spec-prompt")]
+    pub spec_prompt: Option<std::path::PathBuf>,
 }
 
 /// Parses llama-bench list values: `a,b,c`, `first-last`, `first-last+step`,
@@ -304,6 +312,9 @@ fn utc_now() -> String {
 
 /// Runs `engine bench`.
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.spec.enabled() {
+        return super::bench_spec::run(&a);
+    }
     let format = match a.output.as_str() {
         "md" => Format::Md,
         "json" => Format::Json,

@@ -1,11 +1,13 @@
 //! Subcommands, and the model options they share.
 
 pub mod bench;
+pub mod bench_spec;
 pub mod inspect;
 pub mod logits;
 pub mod perplexity;
 pub mod run;
 pub mod serve;
+pub mod spec;
 pub mod store;
 pub mod tokenize;
 

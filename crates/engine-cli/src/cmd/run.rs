@@ -74,6 +74,8 @@ pub struct RunArgs {
     /// With --json: the top-K log-probabilities at each generated position.
     #[arg(long = "logprobs", default_value_t = 0)]
     pub logprobs: usize,
+    #[command(flatten)]
+    pub spec: super::spec::SpecArgs,
 }
 
 fn read_prompt(a: &RunArgs) -> Result<String> {
@@ -101,6 +103,9 @@ pub fn run(a: RunArgs) -> Result<()> {
         bail!("the prompt is empty (use -p, -f or standard input)");
     }
     let model = a.model.load()?;
+    let spec_cfg = a.spec.config()?;
+    let mut drafter = engine_server::draft::build(&spec_cfg, &model, &a.model.load_options()?)
+        .map_err(anyhow::Error::msg)?;
     let params = GenerateParams {
         max_tokens: if a.n_predict < 0 {
             None
@@ -130,11 +135,18 @@ pub fn run(a: RunArgs) -> Result<()> {
     };
     let mut session = model.session()?;
     let stdout = std::io::stdout();
+    let prompt = Prompt::Text(prompt);
+    let mut generate = |on_token: &mut dyn FnMut(&engine::TokenEvent) -> bool| match drafter
+        .as_deref_mut()
+    {
+        Some(d) => session.generate_speculative(&prompt, &params, d, &spec_cfg.params, on_token),
+        None => session.generate(&prompt, &params, on_token),
+    };
     let gen = if a.json {
-        session.generate(&Prompt::Text(prompt), &params, |_| true)?
+        generate(&mut |_| true)?
     } else {
         let mut out = stdout.lock();
-        let g = session.generate(&Prompt::Text(prompt), &params, |ev| {
+        let g = generate(&mut |ev| {
             // A closed pipe stops generation quietly.
             out.write_all(ev.text.as_bytes())
                 .and_then(|_| out.flush())
@@ -159,6 +171,16 @@ pub fn run(a: RunArgs) -> Result<()> {
                 "predicted_per_second": t.predicted_per_second(),
             },
         });
+        if let Some(st) = gen.speculative {
+            v["speculative"] = json!({
+                "drafter": spec_cfg.kind().map(|k| k.name()),
+                "steps": st.steps,
+                "drafted": st.drafted,
+                "accepted": st.accepted,
+                "acceptance": st.acceptance(),
+                "fallbacks": st.fallbacks,
+            });
+        }
         if a.logprobs > 0 {
             v["logprobs"] = json!(gen
                 .logprobs
@@ -184,5 +206,20 @@ pub fn run(a: RunArgs) -> Result<()> {
         per_tok(t.predicted_ms, t.predicted_n),
         model.backend().describe()
     );
+    if let Some(st) = gen.speculative {
+        eprintln!(
+            "speculative ({}): {} drafted, {} accepted ({:.1}%) in {} verification passes{}",
+            spec_cfg.kind().map(|k| k.name()).unwrap_or(""),
+            st.drafted,
+            st.accepted,
+            100.0 * st.acceptance(),
+            st.steps,
+            if st.fallbacks > 0 {
+                format!(", {} steps without the drafter", st.fallbacks)
+            } else {
+                String::new()
+            }
+        );
+    }
     Ok(())
 }

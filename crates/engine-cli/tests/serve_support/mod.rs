@@ -23,6 +23,11 @@ impl Server {
     /// Starts `engine serve -m <default model> --port 0 <args>` and waits for `/health`.
     pub fn start(args: &[&str]) -> Server {
         let model = engine_testdata::gemma3_model().expect("default model");
+        Self::start_model(&model, args)
+    }
+
+    /// Starts `engine serve -m <model> --port 0 <args>` and waits for `/health`.
+    pub fn start_model(model: &std::path::Path, args: &[&str]) -> Server {
         let mut all = vec!["-m".to_string(), model.to_string_lossy().into_owned()];
         all.extend(args.iter().map(|a| a.to_string()));
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
@@ -228,7 +233,7 @@ pub struct Resp {
 }
 
 impl Resp {
-    fn parse(raw: &[u8]) -> Resp {
+    pub fn parse(raw: &[u8]) -> Resp {
         let split = raw
             .windows(4)
             .position(|w| w == b"\r\n\r\n")

@@ -7,7 +7,9 @@
 //! multiples of `ubatch` from where its evaluation started, so each sequence sees exactly the
 //! kernels it would see alone (see `engine-models`' batching test): batching does not change
 //! results. The context's step size is `step_tokens + n_seq`, so the model never splits a
-//! step.
+//! step. With speculative decoding a decoding sequence contributes its token and its draft
+//! as verification rows instead (see [`super::speculative`]); the step size grows by
+//! `n_seq * draft_max` for them.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -18,6 +20,7 @@ use std::time::Instant;
 use engine::{Batch, Context, ContextOptions, Model, StopReason};
 
 use super::sequence::{GenState, Scratch, Step};
+use super::speculative::{Plan, Speculation};
 use super::{Command, EmbedJob, EmbedOut, Event, GenJob, Job, SchedConfig};
 use crate::metrics::{Finish, Metrics};
 
@@ -73,6 +76,7 @@ pub struct Scheduler {
     clock: u64,
     deadline: Option<Instant>,
     disconnected: bool,
+    spec: Option<Speculation>,
 }
 
 impl Scheduler {
@@ -82,12 +86,14 @@ impl Scheduler {
         mut cfg: SchedConfig,
         metrics: Arc<Metrics>,
         rx: Receiver<Command>,
+        spec: Option<Speculation>,
     ) -> Result<Scheduler, engine::Error> {
         let base = model.context_options().clone();
         cfg.step_tokens = cfg.step_tokens.clamp(1, base.n_ctx.max(1));
         cfg.ubatch = cfg.ubatch.clamp(1, cfg.step_tokens);
+        let draft_rows = spec.as_ref().map_or(0, |s| s.draft_max());
         let opts = ContextOptions {
-            n_batch: cfg.step_tokens + base.n_seq,
+            n_batch: cfg.step_tokens + base.n_seq * (1 + draft_rows),
             ..base
         };
         let ctx = model
@@ -116,6 +122,7 @@ impl Scheduler {
             clock: 0,
             deadline: None,
             disconnected: false,
+            spec,
             slots,
             ctx,
             model,
@@ -288,6 +295,9 @@ impl Scheduler {
                     self.clock += 1;
                     let state = GenState::new(job, self.clock, reuse, self.n_ctx);
                     self.slots[slot].task = Task::Gen(Box::new(state));
+                    if let Some(spec) = self.spec.as_mut() {
+                        spec.reset(slot);
+                    }
                 }
                 Job::Embed(job) => {
                     if let Some(bad) = job
@@ -354,13 +364,25 @@ impl Scheduler {
     fn step(&mut self) {
         self.batch.clear();
         self.outs.clear();
-        // Decoding sequences: one token each.
+        self.draft_step();
+        // Decoding sequences: one token each (with a draft: the token and the draft).
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if let Task::Gen(g) = &mut slot.task {
                 if let Some(t) = g.pending.take() {
                     let pos = slot.cached.len();
-                    self.batch.push(t, pos as u32, i as u32, true);
                     slot.cached.push(t);
+                    let verify = self
+                        .spec
+                        .as_mut()
+                        .is_some_and(|s| s.prepare_verify(&mut self.ctx, i));
+                    match self.spec.as_ref() {
+                        Some(spec) if verify => {
+                            slot.cached.extend_from_slice(&spec.draft_of(i).tokens);
+                            self.batch
+                                .push_verify(&slot.cached[pos..], pos as u32, i as u32);
+                        }
+                        _ => self.batch.push(t, pos as u32, i as u32, true),
+                    }
                     self.outs.push(i);
                 }
             }
@@ -414,11 +436,18 @@ impl Scheduler {
             self.metrics
                 .last_batch_tokens
                 .store(self.batch.len() as u64, Ordering::Relaxed);
-            match self
+            let t = Instant::now();
+            let result = self
                 .model
                 .inner()
-                .forward(&mut self.ctx, &self.batch, &mut self.logits)
-            {
+                .forward(&mut self.ctx, &self.batch, &mut self.logits);
+            if let Some(spec) = self.spec.as_mut() {
+                // decoding rows only: a prompt chunk would blur the cost per row
+                if !any_chunk {
+                    spec.observe_pass(self.batch.len(), t.elapsed().as_secs_f64());
+                }
+            }
+            match result {
                 Ok(()) => self.sample_outputs(),
                 Err(e) => self.fail_batch(&e.to_string()),
             }
@@ -429,14 +458,25 @@ impl Scheduler {
     fn sample_outputs(&mut self) {
         let n_vocab = self.model.info().n_vocab;
         let tok = self.model.tokenizer().clone();
+        let mut row_at = 0;
         for k in 0..self.outs.len() {
             let i = self.outs[k];
-            let row = &self.logits[k * n_vocab..(k + 1) * n_vocab];
+            // a verifying sequence has a row per drafted token besides its own
+            let drafted = self.spec.as_ref().map_or(0, |s| s.draft_of(i).len());
+            let rows = row_at * n_vocab..(row_at + drafted + 1) * n_vocab;
+            row_at += drafted + 1;
             let Task::Gen(g) = &mut self.slots[i].task else {
                 continue;
             };
             let before = g.n_gen;
-            let step = g.on_logits(row, &tok, &mut self.scratch, &self.metrics);
+            let step = if drafted > 0 {
+                self.verify_slot(i, rows, &tok)
+            } else {
+                g.on_logits(&self.logits[rows], &tok, &mut self.scratch, &self.metrics)
+            };
+            let Task::Gen(g) = &mut self.slots[i].task else {
+                continue;
+            };
             self.metrics
                 .generation_tokens
                 .fetch_add((g.n_gen - before) as u64, Ordering::Relaxed);
@@ -444,6 +484,111 @@ impl Scheduler {
                 self.finish(i, reason);
             }
         }
+        let model = self.model.clone();
+        if let Some(spec) = self.spec.as_mut() {
+            if let Err(e) = spec.redo(model.inner(), &mut self.ctx) {
+                // the rewound sequences' state is unknown: fail them
+                tracing::error!(error = %e, "re-evaluating accepted drafts failed");
+                for i in 0..self.slots.len() {
+                    if self.ctx.seq_len(i) != self.slots[i].cached.len() {
+                        self.ctx.clear_seq(i);
+                        self.slots[i].cached.clear();
+                        if let Task::Gen(g) = std::mem::replace(&mut self.slots[i].task, Task::Idle)
+                        {
+                            let _ = g
+                                .job
+                                .events
+                                .send(Event::Error(format!("inference failed: {e}")));
+                            self.metrics.finished(Finish::Error);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Draft requests for this step's decoding sequences (see [`super::speculative`]).
+    fn draft_step(&mut self) {
+        let Some(spec) = self.spec.as_mut() else {
+            return;
+        };
+        // the history of each sequence: its cached tokens, then its pending one
+        for slot in self.slots.iter_mut() {
+            if let Task::Gen(g) = &slot.task {
+                if let Some(t) = g.pending {
+                    slot.cached.push(t);
+                }
+            }
+        }
+        let plans: Vec<Plan<'_>> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, slot)| match &slot.task {
+                Task::Gen(g) if g.pending.is_some() && g.speculable() => Some(Plan {
+                    slot: i,
+                    history: &slot.cached,
+                    remaining: g.remaining(),
+                    sampling: &g.job.params.sampling,
+                }),
+                _ => None,
+            })
+            .collect();
+        let n_vocab = self.model.info().n_vocab;
+        spec.draft(&plans, n_vocab);
+        for slot in self.slots.iter_mut() {
+            if let Task::Gen(g) = &slot.task {
+                if g.pending.is_some() {
+                    slot.cached.pop();
+                }
+            }
+        }
+    }
+
+    /// Verifies slot `i`'s draft against its logits `rows` (a range of `self.logits`) and
+    /// rewinds what was rejected.
+    fn verify_slot(
+        &mut self,
+        i: usize,
+        rows: std::ops::Range<usize>,
+        tok: &engine::Tokenizer,
+    ) -> Step {
+        let n_vocab = self.model.info().n_vocab;
+        let spec = self.spec.as_mut().expect("verifying implies speculation");
+        let slot = &mut self.slots[i];
+        let Task::Gen(g) = &mut slot.task else {
+            return Step::Continue;
+        };
+        let (draft, vs, chosen) = spec.parts(i);
+        let k = draft.len();
+        let (accepted, step) = g.on_verified(
+            &self.logits[rows],
+            n_vocab,
+            draft,
+            vs,
+            chosen,
+            tok,
+            &mut self.scratch,
+            &self.metrics,
+        );
+        spec.verified(i, accepted);
+        // the rows of the pending token and the accepted drafts stay
+        let start = slot.cached.len() - (k + 1);
+        slot.cached.truncate(start + accepted + 1);
+        if let Err(e) = spec.rollback(&mut self.ctx, i, start, &slot.cached[start..]) {
+            tracing::error!(slot = i, error = %e, "rolling back rejected drafts failed");
+            self.ctx.clear_seq(i);
+            slot.cached.clear();
+            if let Task::Gen(g) = std::mem::replace(&mut slot.task, Task::Idle) {
+                let _ = g
+                    .job
+                    .events
+                    .send(Event::Error(format!("inference failed: {e}")));
+            }
+            self.metrics.finished(Finish::Error);
+            return Step::Continue;
+        }
+        step
     }
 
     fn finish(&mut self, i: usize, reason: StopReason) {

@@ -7,6 +7,7 @@
 //!   the same steps as `engine::Session::generate`.
 //! * [`engine_loop`]: the slots, the queue and the step loop.
 //! * [`json_constraint`]: JSON-only output for `response_format: json_object`.
+//! * [`speculative`]: drafting and verification inside the step (speculative decoding).
 //!
 //! HTTP handlers talk to the loop through a [`SchedulerHandle`]: they submit a tokenized
 //! request and receive [`Event`]s; dropping the receiver cancels the request at the next
@@ -15,6 +16,7 @@
 pub mod engine_loop;
 pub mod json_constraint;
 pub mod sequence;
+pub mod speculative;
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -236,8 +238,21 @@ pub fn spawn(
     cfg: SchedConfig,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<(SchedulerHandle, std::thread::JoinHandle<()>), engine::Error> {
+    spawn_speculative(model, cfg, metrics, None)
+}
+
+/// [`spawn`] with speculative decoding: `drafter` proposes tokens for every decoding
+/// sequence (see [`speculative`]).
+pub fn spawn_speculative(
+    model: Arc<engine::Model>,
+    cfg: SchedConfig,
+    metrics: Arc<crate::metrics::Metrics>,
+    drafter: Option<(Box<dyn engine::Drafter>, engine::SpecParams)>,
+) -> Result<(SchedulerHandle, std::thread::JoinHandle<()>), engine::Error> {
     let (tx, rx) = mpsc::channel();
-    let mut sched = engine_loop::Scheduler::new(model, cfg, metrics, rx)?;
+    let n_seq = model.context_options().n_seq;
+    let spec = drafter.map(|(d, p)| speculative::Speculation::new(d, p, n_seq, metrics.clone()));
+    let mut sched = engine_loop::Scheduler::new(model, cfg, metrics, rx, spec)?;
     let thread = std::thread::Builder::new()
         .name("engine-scheduler".into())
         .spawn(move || sched.run())

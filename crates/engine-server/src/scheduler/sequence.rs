@@ -1,7 +1,8 @@
 //! One generation request inside the scheduler: its prompt progress, sampler, stop strings
 //! and streamed text. [`GenState::on_logits`] is the body of `engine::Session::generate`'s
 //! loop (sample, end-of-generation check, detokenize, stop strings, emit), so a sequence
-//! decoded in a batch produces exactly what `engine run` produces alone.
+//! decoded in a batch produces exactly what `engine run` produces alone;
+//! [`GenState::on_verified`] does the same for the tokens a speculative step keeps.
 
 use std::time::Instant;
 
@@ -131,11 +132,6 @@ impl GenState {
         if self.max_new == 0 {
             return Step::Finished(StopReason::Length);
         }
-        let top = self
-            .job
-            .params
-            .logprobs
-            .map(|k| top_logprobs(row, k.max(1), &mut cx.logprobs));
         let id = if self.json.is_some() {
             match self.sample_json(row, tok, cx) {
                 Some(id) => id,
@@ -145,6 +141,65 @@ impl GenState {
             self.sampler.sample(row)
         };
         self.sampler.accept(id);
+        self.emit(id, row, tok, cx, metrics, now)
+    }
+
+    /// True when this sequence may verify drafts: not JSON-constrained (its mask is not
+    /// applied to verification rows) and at least two tokens left to generate.
+    pub fn speculable(&self) -> bool {
+        self.json.is_none() && self.remaining() >= 2
+    }
+
+    /// Tokens it may still generate.
+    pub fn remaining(&self) -> usize {
+        self.max_new.saturating_sub(self.n_gen)
+    }
+
+    /// Handles a verification: `rows` holds the logits after the pending token and after
+    /// each drafted token. Keeps the agreeing prefix of `draft` and one token of the
+    /// target's (see [`engine::speculative::verify`]), emitting them in order until the
+    /// generation ends. Returns the number of drafted tokens accepted and what happened.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_verified(
+        &mut self,
+        rows: &[f32],
+        n_vocab: usize,
+        draft: &engine::Draft,
+        vs: &mut engine::speculative::VerifyScratch,
+        chosen: &mut Vec<u32>,
+        tok: &Tokenizer,
+        cx: &mut Scratch,
+        metrics: &Metrics,
+    ) -> (usize, Step) {
+        let now = Instant::now();
+        chosen.clear();
+        let accepted =
+            engine::speculative::verify(&mut self.sampler, rows, n_vocab, draft, vs, chosen);
+        for (j, &id) in chosen.iter().enumerate() {
+            let row = &rows[j * n_vocab..(j + 1) * n_vocab];
+            if let Step::Finished(r) = self.emit(id, row, tok, cx, metrics, now) {
+                return (accepted, Step::Finished(r));
+            }
+        }
+        (accepted, Step::Continue)
+    }
+
+    /// Emits a chosen token (already recorded by the sampler) whose logits row is `row`:
+    /// end-of-generation, log-probabilities, detokenizing, stop strings, the event, limits.
+    fn emit(
+        &mut self,
+        id: u32,
+        row: &[f32],
+        tok: &Tokenizer,
+        cx: &mut Scratch,
+        metrics: &Metrics,
+        now: Instant,
+    ) -> Step {
+        let top = self
+            .job
+            .params
+            .logprobs
+            .map(|k| top_logprobs(row, k.max(1), &mut cx.logprobs));
         self.n_gen += 1;
         self.last_id = id;
         if self.t_first.is_none() {
