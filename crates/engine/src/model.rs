@@ -803,12 +803,11 @@ impl<'m> Session<'m> {
             rollback(
                 inner,
                 &mut self.ctx,
-                &mut self.batch,
+                (&mut self.batch, &mut self.logits),
                 0,
                 pos,
                 &evaluated,
                 a + 1,
-                &mut self.logits,
             )?;
             pos += a + 1;
             for (j, &t) in chosen.iter().enumerate() {
