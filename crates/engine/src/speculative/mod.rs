@@ -537,6 +537,7 @@ fn prob_of(dist: &[(u32, f32)], t: u32) -> f32 {
 /// recurrent layers the state is restored from the checkpoint taken at `start` and the kept
 /// tokens are evaluated again (with one-token arithmetic, so the state equals plain
 /// decoding's); attention caches are simply truncated.
+#[allow(clippy::too_many_arguments)]
 pub fn rollback(
     model: &dyn engine_models::Model,
     ctx: &mut Context,
