@@ -468,9 +468,9 @@ impl Drafter for RemoteDrafter {
         let mut slots: Vec<Option<&mut Session>> = self.sessions.iter_mut().map(Some).collect();
         let mut jobs = Vec::with_capacity(reqs.len());
         for (i, r) in reqs.iter().enumerate() {
-            match slots[r.seq].take() {
-                Some(s) => jobs.push((i, s, r)),
-                None => {} // a sequence asked twice in one call: the first ask wins
+            // a sequence asked twice in one call: the first ask wins
+            if let Some(s) = slots[r.seq].take() {
+                jobs.push((i, s, r));
             }
         }
         let mut results: Vec<Result<Vec<u32>, String>> =

@@ -111,6 +111,7 @@ mod tests {
             base_hash: prefix_hash_hex(&[]),
             append: vec![2, 3],
             n_draft: 4,
+            model: None,
         };
         let j = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<DraftRequest>(&j).unwrap(), r);
