@@ -5,11 +5,14 @@
 //!   rustup target, qemu-user and the cross linker when missing (Debian/Ubuntu, as root).
 //! * `bench-vs-llamacpp`: `engine bench` against llama.cpp's `llama-bench` on the default
 //!   model's quant ladder, interleaved, with ratios (see [`vs_llamacpp`]).
+//! * `build-hailo-shim`: builds the C++ Hailo shim against an installed HailoRT 5.x (see
+//!   [`hailo_shim`]).
 
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod hailo_shim;
 mod vs_llamacpp;
 
 fn main() -> Result<()> {
@@ -17,9 +20,10 @@ fn main() -> Result<()> {
     match task.as_str() {
         "test-aarch64" => test_aarch64(),
         "bench-vs-llamacpp" => vs_llamacpp::run(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "build-hailo-shim" => hailo_shim::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\ntasks:\n  test-aarch64        run the CPU kernel tests for aarch64 under qemu\n  bench-vs-llamacpp   engine bench vs llama-bench on the quant ladder (--help)"
+                "usage: cargo xtask <task>\n\ntasks:\n  test-aarch64        run the CPU kernel tests for aarch64 under qemu\n  bench-vs-llamacpp   engine bench vs llama-bench on the quant ladder (--help)\n  build-hailo-shim    build the Hailo shim against an installed HailoRT 5.x (--help)"
             );
             bail!("unknown task '{task}'")
         }

@@ -45,6 +45,10 @@ enum Command {
     Serve(Box<cmd::serve::ServeArgs>),
     /// Perplexity over a text, and KL-divergence against a base model (llama-perplexity).
     Perplexity(cmd::perplexity::PerplexityArgs),
+    /// The Hailo host process `engine serve` starts for a HEF model (not for people): loads
+    /// the Hailo shim and answers the engine's line protocol on stdin/stdout.
+    #[command(hide = true)]
+    HailoHost,
 }
 
 /// llama.cpp's tools spell some long options with one dash (`-pg`, `-ub`, `-ctk`); accept
@@ -122,6 +126,8 @@ fn main() {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Serve(a) => cmd::serve::run(*a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
+        // stdout is the protocol there (logging goes to stderr)
+        Command::HailoHost => std::process::exit(engine_hailo::host::main()),
     });
     match result {
         Ok(Ok(())) => {}

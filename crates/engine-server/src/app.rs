@@ -20,6 +20,7 @@ use crate::admission::Admission;
 use crate::api::common::{error_body, ApiError, Flavor};
 use crate::api::{llama, manage, ollama, openai};
 use crate::config::{ModelSpec, ServerConfig};
+use crate::device::DeviceHandle;
 use crate::metrics::Metrics;
 use crate::models::{Activity, Busy, Defaults, Registry};
 use crate::scheduler::SchedulerHandle;
@@ -41,14 +42,38 @@ pub enum ServeError {
     },
 }
 
-/// A loaded model, with what requests need from it.
-pub struct Loaded {
+/// A GGUF model run by this engine, and its continuous-batching scheduler.
+pub struct Native {
     /// The model.
     pub model: Arc<engine::Model>,
-    /// Its chat template.
-    pub template: ChatTemplate,
     /// The scheduler.
     pub sched: SchedulerHandle,
+}
+
+/// What runs a loaded model.
+pub enum Runner {
+    /// This engine's kernels over GGUF weights.
+    Native(Native),
+    /// A text device (a Hailo NPU) running the whole model.
+    Device(DeviceHandle),
+}
+
+impl Runner {
+    /// Asks the scheduler or device worker to finish within `grace`, then stop.
+    pub fn shutdown(&self, grace: std::time::Duration) {
+        match self {
+            Runner::Native(n) => n.sched.shutdown(grace),
+            Runner::Device(d) => d.shutdown(grace),
+        }
+    }
+}
+
+/// A loaded model, with what requests need from it.
+pub struct Loaded {
+    /// What runs it.
+    pub runner: Runner,
+    /// Its chat template.
+    pub template: ChatTemplate,
     /// Names the model answers to (the first is reported).
     pub names: Vec<String>,
     /// Unix time the model finished loading.
@@ -78,6 +103,28 @@ impl Loaded {
     /// Keeps the model loaded while the returned guard lives (a queued job holds one).
     pub fn busy(&self) -> Busy {
         self.activity.busy()
+    }
+
+    /// The GGUF model and its scheduler, or a 400 naming what a text device cannot do.
+    pub fn native(&self, flavor: Flavor, what: &str) -> Result<&Native, ApiError> {
+        match &self.runner {
+            Runner::Native(n) => Ok(n),
+            Runner::Device(d) => Err(ApiError::bad_request(
+                flavor,
+                format!(
+                    "model '{}' runs on a {} device, which takes text and returns text only: {what} is not supported for it",
+                    self.names[0], d.device
+                ),
+            )),
+        }
+    }
+
+    /// The device running the model, if a device does.
+    pub fn device(&self) -> Option<&DeviceHandle> {
+        match &self.runner {
+            Runner::Device(d) => Some(d),
+            Runner::Native(_) => None,
+        }
     }
 }
 
@@ -422,7 +469,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        state.registry.metrics().render(),
+        state.registry.metrics().render() + &state.registry.device_metrics(),
     )
         .into_response()
 }

@@ -88,6 +88,16 @@ pub struct ServerConfig {
     pub load_timeout: Duration,
     /// Speculative decoding (none by default).
     pub draft: crate::draft::DraftConfig,
+    /// For the `-m` model when it runs on a text device (a Hailo HEF): its package.
+    pub device: Option<engine_store::DevicePackage>,
+    /// Longest wait for a text device's next piece of text before the generation is aborted
+    /// (`--device-timeout`).
+    pub device_timeout: Duration,
+    /// The Hailo shim library (`--hailo-shim`; default: `ENGINE_HAILO_SHIM`, next to the
+    /// program, the library directories).
+    pub hailo_shim: Option<PathBuf>,
+    /// How to start the Hailo host process (default: this program's `hailo-host`).
+    pub hailo_host: Option<engine_hailo::HostCommand>,
 }
 
 /// One model of a multi-model server.
@@ -103,6 +113,8 @@ pub struct ModelSpec {
     pub origin: String,
     /// An identifier of the weights (sha256 from the store manifest, if known).
     pub digest: Option<String>,
+    /// For a model compiled for a text device (a Hailo HEF): its package.
+    pub device: Option<engine_store::DevicePackage>,
 }
 
 /// Where a chat template override comes from.
@@ -144,6 +156,10 @@ impl ServerConfig {
             max_models: 0,
             load_timeout: Duration::from_secs(300),
             draft: Default::default(),
+            device: None,
+            device_timeout: Duration::from_secs(60),
+            hailo_shim: None,
+            hailo_host: None,
         }
     }
 
@@ -238,6 +254,10 @@ pub struct FileConfig {
     pub spec_ngram_min: Option<usize>,
     /// `--spec-ngram-max`
     pub spec_ngram_max: Option<usize>,
+    /// `--device-timeout` in seconds
+    pub device_timeout: Option<u64>,
+    /// `--hailo-shim`
+    pub hailo_shim: Option<PathBuf>,
 }
 
 /// A string or a list of strings.

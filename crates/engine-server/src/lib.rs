@@ -11,7 +11,9 @@
 //! * [`api`]: the two API flavours.
 //! * [`models`]: the served models: names, on-demand loading under a memory budget,
 //!   keep-alive, eviction.
-//! * [`scheduler`]: the continuous-batching step loop (one per loaded model).
+//! * [`scheduler`]: the continuous-batching step loop (one per loaded GGUF model).
+//! * [`device`]: models run by a text device (a Hailo NPU): a first-come-first-served
+//!   worker producing the same events as the scheduler.
 //! * [`template`]: chat templates (minijinja) and the built-ins.
 //! * [`reasoning`]: splitting `reasoning_content` from `content`.
 //! * [`draft`]: speculative decoding's drafters, and drafting for a verifier on another node.
@@ -26,6 +28,7 @@ pub mod admission;
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod device;
 pub mod draft;
 pub mod metrics;
 pub mod models;

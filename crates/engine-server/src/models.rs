@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::api::common::{ApiError, Flavor};
-use crate::app::Loaded;
+use crate::app::{Loaded, Native, Runner};
 use crate::config::{ModelSpec, ServerConfig, TemplateChoice};
 use crate::metrics::Metrics;
 use crate::scheduler::{self, SchedConfig};
@@ -259,6 +259,31 @@ pub struct Facts {
     pub n_ctx_train: Option<u64>,
 }
 
+/// Facts of a device model, from its package (the file is the device's, not readable here).
+fn device_facts(path: &Path, pkg: &engine_store::DevicePackage) -> Facts {
+    let n_params = pkg
+        .parameter_size
+        .as_deref()
+        .and_then(|s| {
+            let s = s.trim().to_ascii_uppercase();
+            let (num, mul) = match s.chars().last()? {
+                'B' => (&s[..s.len() - 1], 1e9),
+                'M' => (&s[..s.len() - 1], 1e6),
+                _ => (s.as_str(), 1.0),
+            };
+            num.parse::<f64>().ok().map(|n| (n * mul) as u64)
+        })
+        .unwrap_or(0);
+    Facts {
+        arch: pkg.family.clone().unwrap_or_else(|| pkg.device.clone()),
+        gguf_name: None,
+        quant: pkg.quantization.clone().unwrap_or_else(|| "hef".into()),
+        n_params,
+        file_size: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        n_ctx_train: None,
+    }
+}
+
 fn read_facts(path: &Path) -> Result<Facts, String> {
     let g = engine_gguf::GgufModel::open(path, true).map_err(|e| e.to_string())?;
     let arch = g
@@ -313,7 +338,10 @@ impl Entry {
     /// The file's facts (read once).
     pub fn facts(&self) -> Result<&Facts, String> {
         self.facts
-            .get_or_init(|| read_facts(&self.spec.path))
+            .get_or_init(|| match &self.spec.device {
+                Some(pkg) => Ok(device_facts(&self.spec.path, pkg)),
+                None => read_facts(&self.spec.path),
+            })
             .as_ref()
             .map_err(Clone::clone)
     }
@@ -380,6 +408,10 @@ impl Registry {
                 preset: cfg.preset.clone(),
                 origin: cfg.model_path.display().to_string(),
                 digest: None,
+                device: cfg
+                    .device
+                    .clone()
+                    .or_else(|| engine_store::DevicePackage::for_file(&cfg.model_path)),
             }]
         } else {
             cfg.models.clone()
@@ -658,6 +690,16 @@ impl Registry {
     ) -> Result<(Arc<Loaded>, std::thread::JoinHandle<()>, u64), LoadError> {
         let spec = self.entries[idx].spec.clone();
         let name = self.entries[idx].names[0].clone();
+        if let Some(pkg) = spec.device.clone() {
+            // the model lives on the device: only the model count limits it here
+            self.make_room(idx, 0).await?;
+            let reg = self.clone();
+            let loaded =
+                tokio::task::spawn_blocking(move || reg.load_device_blocking(idx, &spec, &pkg))
+                    .await
+                    .map_err(|e| LoadError::Failed(format!("the load task failed: {e}")))??;
+            return Ok((loaded.0, loaded.1, 0));
+        }
         let opts = self.load_options(&spec);
         // what the scheduler's context will allocate: one step of prompt chunks plus a token
         // per slot
@@ -874,9 +916,8 @@ impl Registry {
             None => self.default_keep_alive,
         };
         let loaded = Arc::new(Loaded {
-            model,
+            runner: Runner::Native(Native { model, sched }),
             template,
-            sched,
             names: self.entries[idx].names.clone(),
             created: crate::api::common::unix_time(),
             file_size,
@@ -890,6 +931,105 @@ impl Registry {
             loaded_at: SystemTime::now(),
         });
         Ok((loaded, thread))
+    }
+
+    /// Loads a model compiled for a text device: opens the device (through its shim) and
+    /// starts its worker. The package's template is rendered on the host when it has one.
+    fn load_device_blocking(
+        &self,
+        idx: usize,
+        spec: &Arc<ModelSpec>,
+        pkg: &engine_store::DevicePackage,
+    ) -> Result<(Arc<Loaded>, std::thread::JoinHandle<()>), LoadError> {
+        let name = &self.entries[idx].names[0];
+        let fail = |e: String| LoadError::Failed(format!("cannot load '{name}': {e}"));
+        let source = match &spec.preset.template {
+            Some(t) => match template_choice(t).map_err(fail)? {
+                TemplateChoice::Builtin(n) => builtin::source(&n).map(str::to_string),
+                TemplateChoice::Source(src) => Some(src),
+            },
+            None => pkg.chat_template.clone(),
+        };
+        let host_template = source.is_some();
+        let template = ChatTemplate::from_source(
+            source.unwrap_or_else(|| builtin::source("chatml").unwrap_or_default().to_string()),
+            if host_template { "package" } else { "device" },
+            &pkg.bos_token,
+            &pkg.eos_token,
+        )
+        .map_err(fail)?;
+        let open = crate::device::opener(&spec.path, pkg, &self.cfg).map_err(fail)?;
+        let metrics = Arc::new(Metrics::new());
+        let (handle, thread) = crate::device::spawn(
+            open,
+            crate::device::DeviceConfig {
+                read_timeout: self.cfg.device_timeout,
+                cache_prompt: self.cfg.cache_prompt,
+                telemetry_every: Duration::from_secs(2),
+            },
+            metrics.clone(),
+            host_template,
+        )
+        .map_err(|e| match e {
+            engine::provider::ProviderError::Unavailable(m) => {
+                LoadError::Unavailable(format!("cannot load '{name}': {m}"))
+            }
+            e => fail(e.to_string()),
+        })?;
+        tracing::info!(
+            model = %name,
+            device = %handle.device,
+            context = handle.max_context,
+            template = %template.origin,
+            "device model opened"
+        );
+        let meta = std::fs::metadata(&spec.path).ok();
+        let keep_alive = match &spec.preset.keep_alive {
+            Some(k) => KeepAlive::parse(k).unwrap_or(self.default_keep_alive),
+            None => self.default_keep_alive,
+        };
+        let mut defaults = Defaults::from_preset(&spec.preset);
+        defaults.sampling = engine::provider::TextSampling::neutral_params(defaults.sampling);
+        let loaded = Arc::new(Loaded {
+            n_ctx: handle.max_context,
+            runner: Runner::Device(handle),
+            template,
+            names: self.entries[idx].names.clone(),
+            created: crate::api::common::unix_time(),
+            file_size: meta.as_ref().map(|m| m.len()).unwrap_or(0),
+            digest: spec
+                .digest
+                .clone()
+                .unwrap_or_else(|| crate::app::file_digest(&spec.path, meta.as_ref())),
+            spec: spec.clone(),
+            defaults,
+            metrics,
+            estimate: MemoryEstimate {
+                weights: 0,
+                kv_cache: 0,
+                scratch: 0,
+            },
+            activity: Activity::new(keep_alive, self.changed.clone()),
+            loaded_at: SystemTime::now(),
+        });
+        Ok((loaded, thread))
+    }
+
+    /// Prometheus lines of the loaded device models (temperature, speed, failures).
+    pub fn device_metrics(&self) -> String {
+        let inner = self.lock();
+        let mut out = String::new();
+        for s in &inner.states {
+            if let State::Loaded(slot) = s {
+                if let Some(d) = slot.loaded.device() {
+                    if out.is_empty() {
+                        crate::device::render_header(&mut out);
+                    }
+                    d.stats.render(&mut out, &slot.loaded.names[0], &d.device);
+                }
+            }
+        }
+        out
     }
 
     /// The drafter of a model: its preset's draft model (a path or an installed model name)
@@ -910,7 +1050,7 @@ impl Registry {
     /// Stops a removed model's scheduler, waits for its thread, frees it and counts it.
     async fn retire(&self, mut slot: Slot) {
         let name = slot.loaded.names[0].clone();
-        slot.loaded.sched.shutdown(Duration::ZERO);
+        slot.loaded.runner.shutdown(Duration::ZERO);
         if let Some(t) = slot.thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
@@ -1089,7 +1229,7 @@ impl Registry {
         inner.closed = true;
         for s in &inner.states {
             if let State::Loaded(slot) = s {
-                slot.loaded.sched.shutdown(grace);
+                slot.loaded.runner.shutdown(grace);
             }
         }
         drop(inner);
@@ -1110,7 +1250,7 @@ impl Registry {
             v
         };
         for mut slot in slots {
-            slot.loaded.sched.shutdown(Duration::ZERO);
+            slot.loaded.runner.shutdown(Duration::ZERO);
             if let Some(t) = slot.thread.take() {
                 let _ = tokio::task::spawn_blocking(move || t.join()).await;
             }

@@ -2,6 +2,8 @@
 //! resolves to a file.
 //!
 //! * [`card`]: model cards (`models/*.toml`), compiled in.
+//! * [`device`]: models compiled for a text device; [`hailo`]: Hailo model-zoo GenAI
+//!   packages (`manifest.json` with the HEF's sha256, template, stop tokens, defaults).
 //! * [`source`]: where weights come from; each kind implements [`source::Source`].
 //! * [`remote`]: what `engine pull SOURCE` accepts (card names, `hf:` references, URLs) and
 //!   the files a remote source stands for.
@@ -14,6 +16,8 @@
 #![warn(missing_docs)]
 
 pub mod card;
+pub mod device;
+pub mod hailo;
 pub mod http;
 pub mod modelfile;
 pub mod preset;
@@ -22,6 +26,7 @@ pub mod source;
 pub mod store;
 
 pub use card::{builtin_cards, find_card, ModelCard};
+pub use device::DevicePackage;
 pub use preset::{KeepAlive, Preset};
 pub use store::{Manifest, Store};
 

@@ -120,6 +120,9 @@ pub struct Plan {
     pub files: Vec<RemoteFile>,
     /// Headers to send (a Hugging Face token).
     pub headers: Vec<(String, String)>,
+    /// For a device model (a Hailo package): what to record beside the file instead of
+    /// reading it as a GGUF.
+    pub device: Option<(crate::DevicePackage, crate::Preset)>,
 }
 
 impl Plan {
@@ -333,6 +336,7 @@ pub fn plan_hf(agent: &ureq::Agent, r: &HfRef) -> Result<Plan> {
         source: format!("hf:{}/{}", r.repo, chosen),
         files: out,
         headers: hf_headers(),
+        device: None,
     })
 }
 
@@ -380,6 +384,7 @@ pub fn plan_url(url: &str, sha256: Option<&str>) -> Result<Plan> {
         source: url.to_string(),
         files,
         headers: Vec::new(),
+        device: None,
     })
 }
 

@@ -48,6 +48,9 @@ pub struct Manifest {
     /// Serving settings (from a Modelfile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preset: Option<Preset>,
+    /// For a model compiled for a text device (a Hailo HEF): its package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<crate::DevicePackage>,
 }
 
 /// One more file of a split set.
@@ -299,6 +302,7 @@ impl Store {
                 parts: Vec::new(),
                 from: None,
                 preset: None,
+                device: None,
             };
             let staged = work.join("model");
             std::fs::create_dir_all(&staged).map_err(io_err(&staged))?;
@@ -415,7 +419,14 @@ impl Store {
                 std::fs::rename(dest, &to).map_err(io_err(&to))?;
             }
             let first = staged.join(&plan.files[0].name);
-            let (architecture, quant) = match gguf_facts(&first) {
+            let facts = match &plan.device {
+                Some((pkg, _)) => Ok((
+                    pkg.family.clone().unwrap_or_else(|| pkg.device.clone()),
+                    pkg.quantization.clone().unwrap_or_else(|| "hef".into()),
+                )),
+                None => gguf_facts(&first),
+            };
+            let (architecture, quant) = match facts {
                 Ok(x) => x,
                 Err(problem) => {
                     // not a model at all (an error page, a wrong URL): nothing worth resuming
@@ -445,7 +456,12 @@ impl Store {
                     })
                     .collect(),
                 from: None,
-                preset: None,
+                preset: plan
+                    .device
+                    .as_ref()
+                    .map(|(_, p)| p.clone())
+                    .filter(|p| *p != Preset::default()),
+                device: plan.device.as_ref().map(|(d, _)| d.clone()),
             };
             self.install(&staged, &manifest)?;
             Ok(manifest)
@@ -541,6 +557,7 @@ impl Store {
                             .collect(),
                         from: None,
                         preset: preset.clone(),
+                        device: None,
                     };
                     self.install(&staged, &manifest)?;
                     Ok(manifest)
@@ -574,6 +591,7 @@ impl Store {
                     parts: Vec::new(),
                     from: Some(base.name.clone()),
                     preset,
+                    device: None,
                 };
                 let staged = self.root.join(format!(
                     ".staging-{}-{}",

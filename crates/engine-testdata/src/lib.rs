@@ -345,3 +345,39 @@ pub fn argmax(x: &[f32]) -> u32 {
     }
     best.0 as u32
 }
+
+static FAKE_SHIM: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+
+/// The fake Hailo shim (`crates/engine-hailo-fake`), built on first use with the `cargo`
+/// running the tests into the workspace's target directory (or `CARGO_TARGET_DIR`).
+pub fn hailo_fake_shim() -> Result<PathBuf, String> {
+    FAKE_SHIM
+        .get_or_init(|| {
+            let root = workspace_root();
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            run(Command::new(cargo)
+                .current_dir(&root)
+                .args([
+                    "build",
+                    "-j",
+                    "1",
+                    "-p",
+                    "engine-hailo-fake",
+                    "--target-dir",
+                ])
+                .arg(&target))?;
+            let lib = target.join("debug").join("libengine_hailo_fake.so");
+            if lib.is_file() {
+                Ok(lib)
+            } else {
+                Err(format!(
+                    "building the fake Hailo shim left no {}",
+                    lib.display()
+                ))
+            }
+        })
+        .clone()
+}

@@ -28,6 +28,8 @@
 //! * [`memory`]: memory estimates and the refusal to overcommit.
 //! * [`stop`]: stop strings in streamed text.
 //! * [`harmony`]: the GPT-OSS (harmony) chat format: rendering and reply parsing.
+//! * [`provider`]: text providers, devices that run a whole model and speak text (an NPU),
+//!   and generation on them.
 
 #![warn(missing_docs)]
 
@@ -37,6 +39,7 @@ pub mod harmony;
 pub mod memory;
 pub mod model;
 pub mod perplexity;
+pub mod provider;
 pub mod sampling;
 pub mod speculative;
 pub mod stop;

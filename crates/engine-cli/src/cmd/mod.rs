@@ -100,7 +100,7 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
         engine_store::remote::SourceRef::parse(spec),
         Ok(engine_store::remote::SourceRef::Hf(_) | engine_store::remote::SourceRef::Url(_))
     ) {
-        let m = store::pull_source(&store, spec, None, None)?;
+        let m = store::pull_source(&store, spec, None, None, None)?;
         return Ok(store.weights(&m)?.1);
     }
     let mut bar = crate::progress::Bar::new();

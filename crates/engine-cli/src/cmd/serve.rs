@@ -153,6 +153,14 @@ pub struct ServeArgs {
     /// Longest suffix n-gram lookup matches [default: 4].
     #[arg(long = "spec-ngram-max")]
     pub spec_ngram_max: Option<usize>,
+    /// Seconds a text device (Hailo) may take to produce the next piece of text before the
+    /// generation is aborted with 504 [default: 60].
+    #[arg(long = "device-timeout")]
+    pub device_timeout: Option<u64>,
+    /// The Hailo shim library (libengine_hailo_shim.so) [default: ENGINE_HAILO_SHIM, next to
+    /// the engine binary, /usr/local/lib, /usr/lib].
+    #[arg(long = "hailo-shim")]
+    pub hailo_shim: Option<PathBuf>,
 }
 
 /// Rewrites llama-server's two-letter short flags into their long forms (clap's short
@@ -257,6 +265,7 @@ pub fn config(a: ServeArgs) -> Result<ServerConfig> {
             let store = Store::open_default()?;
             if let Some(m) = store.get(s)? {
                 cfg.preset = store.effective_preset(&m)?;
+                cfg.device = store.weights(&m)?.0.device;
                 if let Some(n) = cfg.preset.num_ctx {
                     if ctx_total > 0 {
                         tracing::info!(num_ctx = n, "the preset's num_ctx replaces -c");
@@ -372,6 +381,12 @@ pub fn config(a: ServeArgs) -> Result<ServerConfig> {
     };
     cfg.shutdown_timeout =
         Duration::from_secs(a.shutdown_timeout.or(f.shutdown_timeout).unwrap_or(30));
+    let device_timeout = a.device_timeout.or(f.device_timeout).unwrap_or(60);
+    if device_timeout == 0 {
+        bail!("--device-timeout must be at least 1 second");
+    }
+    cfg.device_timeout = Duration::from_secs(device_timeout);
+    cfg.hailo_shim = a.hailo_shim.clone().or(f.hailo_shim.clone());
     cfg.draft = super::spec::draft_config(&super::spec::SpecSettings {
         spec_type: a.spec_type.clone().or(f.spec_type.clone()),
         model_draft: a.model_draft.clone().or(f.model_draft.clone()),
@@ -414,6 +429,7 @@ pub fn served_models(models_file: Option<&std::path::Path>) -> Result<Vec<ModelS
                 m.source.clone()
             },
             digest: Some(weights.sha256.clone()),
+            device: weights.device.clone(),
         })
     };
     for m in store.list()? {
@@ -426,7 +442,7 @@ pub fn served_models(models_file: Option<&std::path::Path>) -> Result<Vec<ModelS
         let entries = engine_store::preset::load_models_file(file)?;
         for e in entries {
             let name = e.name.clone();
-            let (path, base_preset, origin, digest) = match &e.model {
+            let (path, base_preset, origin, digest, device) = match &e.model {
                 ModelRef::Store(base) => {
                     let m = match store.get(base)? {
                         Some(m) => m,
@@ -445,19 +461,34 @@ pub fn served_models(models_file: Option<&std::path::Path>) -> Result<Vec<ModelS
                         s.preset,
                         format!("{} (models file)", s.origin),
                         s.digest,
+                        s.device,
                     )
                 }
                 ModelRef::Path(p) => {
                     if !p.is_file() {
                         bail!("models.\"{name}\": {} is not a file", p.display());
                     }
-                    (p.clone(), Default::default(), p.display().to_string(), None)
+                    let device = engine_store::DevicePackage::for_file(p);
+                    (
+                        p.clone(),
+                        Default::default(),
+                        p.display().to_string(),
+                        None,
+                        device,
+                    )
                 }
                 ModelRef::Source { spec, sha256 } => {
-                    let m = super::store::pull_source(&store, spec, Some(&name), sha256.as_deref())
-                        .with_context(|| format!("models.\"{name}\": cannot pull {spec}"))?;
+                    let m = super::store::pull_source(
+                        &store,
+                        spec,
+                        Some(&name),
+                        sha256.as_deref(),
+                        None,
+                    )
+                    .with_context(|| format!("models.\"{name}\": cannot pull {spec}"))?;
                     let (w, p) = store.weights(&m)?;
-                    (p, Default::default(), spec.clone(), Some(w.sha256))
+                    let preset = store.effective_preset(&m)?;
+                    (p, preset, spec.clone(), Some(w.sha256), w.device)
                 }
             };
             let mut preset = base_preset;
@@ -469,6 +500,7 @@ pub fn served_models(models_file: Option<&std::path::Path>) -> Result<Vec<ModelS
                 preset,
                 origin,
                 digest,
+                device,
             });
         }
     }

@@ -12,7 +12,8 @@ use engine_store::{find_card, Manifest, Store};
 #[derive(Args, Debug)]
 pub struct PullArgs {
     /// What to pull: a known model name (see `models/`, e.g. gemma3-270m),
-    /// `hf:ORG/REPO[/FILE.gguf]`, `hf:ORG/REPO:QUANT`, or an https:// URL of a GGUF file.
+    /// `hf:ORG/REPO[/FILE.gguf]`, `hf:ORG/REPO:QUANT`, an https:// URL of a GGUF file, or a
+    /// Hailo GenAI package's manifest.json (a URL or a local file) for a Hailo-10H.
     pub source: String,
     /// Store name for an hf: or URL source (default: the file name, lower-cased, without
     /// .gguf).
@@ -22,6 +23,10 @@ pub struct PullArgs {
     /// Face sources are checked against the Hub's digests without it.
     #[arg(long = "sha256")]
     pub sha256: Option<String>,
+    /// For a Hailo manifest: where to download the HEF (it is still checked against the
+    /// manifest's sha256).
+    #[arg(long = "hef-url")]
+    pub hef_url: Option<String>,
 }
 
 /// Arguments of `engine list`.
@@ -58,12 +63,35 @@ pub struct ShowArgs {
     pub modelfile: bool,
 }
 
-/// Pulls `spec` into `store` (a card, `hf:` reference or URL) and returns its manifest.
+/// A Hailo GenAI package when `spec` is a `.json` manifest (a URL or a local file).
+fn hailo_package(
+    spec: &str,
+    hef_url: Option<&str>,
+) -> Result<Option<engine_store::hailo::Package>> {
+    let path_part = spec.split(['?', '#']).next().unwrap_or(spec);
+    if !path_part.to_ascii_lowercase().ends_with(".json") {
+        return Ok(None);
+    }
+    let remote = spec.starts_with("https://") || spec.starts_with("http://");
+    let text = if remote {
+        engine_store::http::get_json(&engine_store::http::agent(), spec, &[])?.to_string()
+    } else {
+        std::fs::read_to_string(spec).with_context(|| format!("cannot read {spec}"))?
+    };
+    if !engine_store::hailo::is_manifest(&text) {
+        bail!("{spec} is not a Hailo GenAI manifest (it has no hef_h10h)");
+    }
+    Ok(Some(engine_store::hailo::parse(&text, spec, hef_url)?))
+}
+
+/// Pulls `spec` into `store` (a card, `hf:` reference, URL, or Hailo manifest) and returns
+/// its manifest.
 pub fn pull_source(
     store: &Store,
     spec: &str,
     name: Option<&str>,
     sha256: Option<&str>,
+    hef_url: Option<&str>,
 ) -> Result<Manifest> {
     if let Some(s) = sha256 {
         if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -71,6 +99,18 @@ pub fn pull_source(
         }
     }
     let mut bar = crate::progress::Bar::new();
+    if let Some(pkg) = hailo_package(spec, hef_url)? {
+        if sha256.is_some() {
+            bail!("--sha256 does not apply to a Hailo manifest: the HEF is checked against its hef_h10h");
+        }
+        let mut plan = pkg.plan;
+        plan.device = Some((pkg.device, pkg.preset));
+        let name = name.map(str::to_string).unwrap_or(pkg.default_name);
+        return Ok(store.pull_plan(&name, &plan, &mut bar)?);
+    }
+    if hef_url.is_some() {
+        bail!("--hef-url applies to a Hailo manifest (a .json source) only");
+    }
     let plan = match SourceRef::parse(spec)? {
         SourceRef::Card(n) => {
             let Some(card) = find_card(&n) else {
@@ -109,7 +149,13 @@ pub fn pull_source(
 /// Runs `engine pull`.
 pub fn pull(a: PullArgs) -> Result<()> {
     let store = Store::open_default()?;
-    let m = pull_source(&store, &a.source, a.name.as_deref(), a.sha256.as_deref())?;
+    let m = pull_source(
+        &store,
+        &a.source,
+        a.name.as_deref(),
+        a.sha256.as_deref(),
+        a.hef_url.as_deref(),
+    )?;
     let files = 1 + m.parts.len();
     eprintln!(
         "installed {} ({} bytes{}, sha256 {}) at {}",

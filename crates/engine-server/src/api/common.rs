@@ -202,6 +202,36 @@ pub fn admit(state: &AppState, flavor: Flavor) -> Result<Permit, ApiError> {
     })
 }
 
+/// A prompt ready to run: token ids for a GGUF model, text for a device model (which
+/// tokenizes it itself).
+#[derive(Debug)]
+pub enum Prompt {
+    /// Token ids (BOS included when wanted).
+    Ids(Vec<u32>),
+    /// Text for a device.
+    Text(crate::device::TextPrompt),
+}
+
+/// A text prompt as the model takes it: tokenized for a GGUF model, as-is for a device.
+pub async fn text_prompt(
+    loaded: &Loaded,
+    text: String,
+    add_special: bool,
+    flavor: Flavor,
+) -> Result<Prompt, ApiError> {
+    match loaded.device() {
+        Some(_) => {
+            if text.is_empty() {
+                return Err(ApiError::bad_request(flavor, "the prompt is empty"));
+            }
+            Ok(Prompt::Text(engine::provider::TextInput::Raw(text)))
+        }
+        None => Ok(Prompt::Ids(
+            tokenize(loaded, text, add_special, flavor).await?,
+        )),
+    }
+}
+
 /// Tokenizes on a blocking thread (prompts can be megabytes).
 pub async fn tokenize(
     loaded: &Loaded,
@@ -209,11 +239,24 @@ pub async fn tokenize(
     add_special: bool,
     flavor: Flavor,
 ) -> Result<Vec<u32>, ApiError> {
-    let tok = loaded.model.tokenizer().clone();
+    let tok = loaded
+        .native(flavor, "token ids")?
+        .model
+        .tokenizer()
+        .clone();
     tokio::task::spawn_blocking(move || tok.encode(&text, add_special, true))
         .await
         .map_err(|e| ApiError::internal(flavor, format!("tokenizer task failed: {e}")))?
         .map_err(|e| ApiError::bad_request(flavor, format!("cannot tokenize the prompt: {e}")))
+}
+
+/// Refuses an empty prompt or one that leaves no room to generate (never truncates). A
+/// device's prompt is checked by the device's own tokenizer when it runs.
+pub fn check_prompt(loaded: &Loaded, prompt: &Prompt, flavor: Flavor) -> Result<(), ApiError> {
+    match prompt {
+        Prompt::Ids(ids) => check_prompt_len(loaded, ids.len(), flavor),
+        Prompt::Text(_) => Ok(()),
+    }
 }
 
 /// Refuses an empty prompt or one that leaves no room to generate (never truncates).
@@ -235,7 +278,7 @@ pub fn check_prompt_len(loaded: &Loaded, n: usize, flavor: Flavor) -> Result<(),
 
 /// Checks token ids given directly by a client.
 pub fn check_ids(loaded: &Loaded, ids: &[u32], flavor: Flavor) -> Result<(), ApiError> {
-    let n_vocab = loaded.model.info().n_vocab;
+    let n_vocab = loaded.native(flavor, "token ids")?.model.info().n_vocab;
     match ids.iter().find(|&&t| t as usize >= n_vocab) {
         Some(bad) => Err(ApiError::bad_request(
             flavor,
@@ -245,27 +288,71 @@ pub fn check_ids(loaded: &Loaded, ids: &[u32], flavor: Flavor) -> Result<(), Api
     }
 }
 
-/// Submits a generation, mapping a stopped scheduler to 503.
+/// Submits a generation to the model's scheduler or device, mapping a stopped one to 503.
+/// A device model refuses what devices cannot do (log-probabilities, JSON mode, ignoring
+/// end-of-generation, sampling settings it lacks) with a 400 naming it.
 pub fn submit(
     loaded: &Loaded,
-    prompt: Vec<u32>,
+    prompt: Prompt,
     params: GenParams,
     arrived: Instant,
     mut permit: Permit,
     flavor: Flavor,
 ) -> Result<UnboundedReceiver<Event>, ApiError> {
-    // the job keeps its model loaded until it is done
-    permit.hold(loaded.busy());
-    loaded
-        .sched
-        .generate(prompt, params, arrived, Some(permit))
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                flavor,
-                "the server is shutting down",
-            )
-        })
+    let stopped = |_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            flavor,
+            "the server is shutting down",
+        )
+    };
+    match (prompt, &loaded.runner) {
+        (Prompt::Ids(ids), crate::app::Runner::Native(n)) => {
+            // the job keeps its model loaded until it is done
+            permit.hold(loaded.busy());
+            n.sched
+                .generate(ids, params, arrived, Some(permit))
+                .map_err(stopped)
+        }
+        (Prompt::Text(text), crate::app::Runner::Device(d)) => {
+            check_device_params(loaded, &params, flavor)?;
+            permit.hold(loaded.busy());
+            d.generate(text, params, arrived, Some(permit))
+                .map_err(stopped)
+        }
+        (Prompt::Ids(_), crate::app::Runner::Device(_)) => Err(loaded
+            .native(flavor, "a prompt of token ids")
+            .err()
+            .unwrap_or_else(|| {
+                ApiError::bad_request(flavor, "this model takes text prompts only")
+            })),
+        (Prompt::Text(_), crate::app::Runner::Native(_)) => Err(ApiError::internal(
+            flavor,
+            "a text prompt reached a GGUF model without being tokenized",
+        )),
+    }
+}
+
+/// What a text device cannot do, refused before the request is queued.
+fn check_device_params(loaded: &Loaded, p: &GenParams, flavor: Flavor) -> Result<(), ApiError> {
+    let what = if p.logprobs.is_some() {
+        Some("logprobs")
+    } else if p.json {
+        Some("JSON mode (response_format / format)")
+    } else if p.ignore_eos {
+        Some("ignore_eos")
+    } else {
+        None
+    };
+    if let Some(what) = what {
+        return Err(loaded
+            .native(flavor, what)
+            .err()
+            .unwrap_or_else(|| ApiError::bad_request(flavor, format!("{what} is not supported"))));
+    }
+    engine::provider::TextSampling::from_params(&p.sampling, p.max_tokens)
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_request(flavor, e))
 }
 
 /// Everything a non-streaming response needs.
@@ -303,9 +390,11 @@ pub async fn collect(
 
 /// The status of an error reported by the scheduler.
 pub fn event_error(msg: &str, flavor: Flavor) -> ApiError {
-    if msg.contains("shutting down") {
+    if msg.contains("shutting down") || msg.contains("device is unavailable") {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, flavor, msg)
-    } else if msg.contains("context holds") {
+    } else if msg.contains("device timed out") {
+        ApiError::new(StatusCode::GATEWAY_TIMEOUT, flavor, msg)
+    } else if msg.contains("context holds") || msg.contains("device refused") {
         ApiError::bad_request(flavor, msg)
     } else {
         ApiError::internal(flavor, msg)

@@ -152,11 +152,13 @@ pub async fn completion(
     };
     let permit = common::admit(&state, F)?;
     let prompt = match req.prompt {
-        Prompt::Text(t) => common::tokenize(&l, t, true, F).await?,
-        Prompt::Ids(ids) => ids,
+        Prompt::Text(t) => common::text_prompt(&l, t, true, F).await?,
+        Prompt::Ids(ids) => common::Prompt::Ids(ids),
     };
-    common::check_ids(&l, &prompt, F)?;
-    common::check_prompt_len(&l, prompt.len(), F)?;
+    if let common::Prompt::Ids(ids) = &prompt {
+        common::check_ids(&l, ids, F)?;
+    }
+    common::check_prompt(&l, &prompt, F)?;
     let rx = common::submit(&l, prompt, params, arrived, permit, F)?;
     let model = l.names[0].clone();
     if req.stream {
@@ -235,14 +237,14 @@ pub async fn tokenize(
 ) -> Result<Response, ApiError> {
     let req: TokenizeRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
     let l = common::loaded(&state, req.model.as_deref(), None, F).await?;
-    let tok = l.model.tokenizer().clone();
+    let tok = l.native(F, "/tokenize")?.model.tokenizer().clone();
     let (add, parse) = (req.add_special, req.parse_special);
     let ids = tokio::task::spawn_blocking(move || tok.encode(&req.content, add, parse))
         .await
         .map_err(|e| ApiError::internal(F, e.to_string()))?
         .map_err(|e| ApiError::bad_request(F, e.to_string()))?;
     let tokens: Vec<Value> = if req.with_pieces {
-        let tok = l.model.tokenizer();
+        let tok = l.native(F, "/tokenize")?.model.tokenizer();
         ids.iter()
             .map(|&id| {
                 let p = tok.token_to_piece(id, true);
@@ -269,7 +271,8 @@ pub async fn detokenize(
     let req: DetokenizeRequest = common::parse_body(body, F, state.cfg.max_body_bytes)?;
     let l = common::loaded(&state, req.model.as_deref(), None, F).await?;
     common::check_ids(&l, &req.tokens, F)?;
-    Ok(Json(json!({ "content": l.model.detokenize(&req.tokens, false) })).into_response())
+    let n = l.native(F, "/detokenize")?;
+    Ok(Json(json!({ "content": n.model.detokenize(&req.tokens, false) })).into_response())
 }
 
 #[derive(Deserialize, Debug)]

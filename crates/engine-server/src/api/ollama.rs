@@ -254,9 +254,12 @@ pub async fn generate(
         openai::reasoning_syntax(&state, &l, None, F)?
     };
     let permit = common::admit(&state, F)?;
+    if !context.is_empty() && l.device().is_some() {
+        l.native(F, "context (token ids of an earlier answer); use /api/chat")?;
+    }
     let (mut prompt, open) = if req.raw {
-        let ids = common::tokenize(&l, req.prompt, context.is_empty(), F).await?;
-        (ids, false)
+        let p = common::text_prompt(&l, req.prompt, context.is_empty(), F).await?;
+        (p, false)
     } else {
         // the request's `system` replaces the model's SYSTEM
         let msgs = l.defaults.apply(
@@ -271,19 +274,23 @@ pub async fn generate(
         };
         openai::chat_prompt(&l, &msgs, &opts, F).await?
     };
-    if !context.is_empty() {
+    if let (false, common::Prompt::Ids(ids)) = (context.is_empty(), &mut prompt) {
         common::check_ids(&l, &context, F)?;
-        let tok = l.model.tokenizer();
+        let tok = l.native(F, "context")?.model.tokenizer();
         // A continuation: the new turn follows the old tokens without a second BOS.
-        if prompt.first().is_some_and(|&t| Some(t) == tok.bos()) {
-            prompt.remove(0);
+        if ids.first().is_some_and(|&t| Some(t) == tok.bos()) {
+            ids.remove(0);
         }
         let mut all = context;
-        all.extend_from_slice(&prompt);
-        prompt = all;
+        all.extend_from_slice(ids);
+        *ids = all;
     }
-    common::check_prompt_len(&l, prompt.len(), F)?;
-    let prompt_ids = prompt.clone();
+    common::check_prompt(&l, &prompt, F)?;
+    // `context` is token ids: a device model has none to give
+    let prompt_ids = match &prompt {
+        common::Prompt::Ids(ids) => Some(ids.clone()),
+        common::Prompt::Text(_) => None,
+    };
     let rx = common::submit(&l, prompt, params, arrived, permit, F)?;
     let parser = ReasoningParser::new(syntax, open);
     let show_thinking = thinking != Some(false);
@@ -295,7 +302,7 @@ pub async fn generate(
             parser,
             chat: false,
             show_thinking,
-            context: Some(prompt_ids),
+            context: prompt_ids,
         };
         return Ok(common::streaming_response(
             common::stream_body(rx, framer),
@@ -308,16 +315,17 @@ pub async fn generate(
     let f = parser.finish();
     s.reasoning.push_str(&f.reasoning);
     s.content.push_str(&f.content);
-    let mut ctx = prompt_ids;
-    ctx.extend(c.tokens.iter().map(|t| t.id));
     let mut v = json!({
         "model": model,
         "created_at": now_rfc3339(),
         "response": s.content,
         "done": true,
         "done_reason": done_reason(&c.done),
-        "context": ctx,
     });
+    if let Some(mut ctx) = prompt_ids {
+        ctx.extend(c.tokens.iter().map(|t| t.id));
+        v["context"] = json!(ctx);
+    }
     if show_thinking && !s.reasoning.is_empty() {
         v["thinking"] = json!(s.reasoning);
     }
@@ -389,7 +397,7 @@ pub async fn chat(
         ..Default::default()
     };
     let (prompt, open) = openai::chat_prompt(&l, &messages, &opts, F).await?;
-    common::check_prompt_len(&l, prompt.len(), F)?;
+    common::check_prompt(&l, &prompt, F)?;
     let rx = common::submit(&l, prompt, params, arrived, permit, F)?;
     let parser = ReasoningParser::new(syntax, open);
     let show_thinking = thinking != Some(false);
@@ -490,9 +498,12 @@ impl Framer for NdFramer {
                         "message": {"role": "assistant", "content": ""},
                         "done": true, "done_reason": done_reason(&d)})
                 } else {
-                    json!({"model": self.model, "created_at": now_rfc3339(), "response": "",
-                        "done": true, "done_reason": done_reason(&d),
-                        "context": self.context.take().unwrap_or_default()})
+                    let mut v = json!({"model": self.model, "created_at": now_rfc3339(), "response": "",
+                        "done": true, "done_reason": done_reason(&d)});
+                    if let Some(c) = self.context.take() {
+                        v["context"] = json!(c);
+                    }
+                    v
                 };
                 if let Value::Object(m) = &mut v {
                     m.extend(durations(&d, self.arrived));

@@ -232,13 +232,18 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Result<Response, ApiE
             .unwrap_or(0);
         let st = match loaded {
             Some(s) => {
-                let info = s.loaded.model.info();
                 created = s.loaded.created;
                 meta["n_ctx"] = json!(s.loaded.n_ctx);
-                meta["n_ctx_train"] = json!(info.n_ctx_train);
-                meta["n_vocab"] = json!(info.n_vocab);
-                meta["n_embd"] = json!(info.n_embd);
-                meta["n_params"] = json!(info.n_params);
+                match &s.loaded.runner {
+                    crate::app::Runner::Native(n) => {
+                        let info = n.model.info();
+                        meta["n_ctx_train"] = json!(info.n_ctx_train);
+                        meta["n_vocab"] = json!(info.n_vocab);
+                        meta["n_embd"] = json!(info.n_embd);
+                        meta["n_params"] = json!(info.n_params);
+                    }
+                    crate::app::Runner::Device(d) => meta["device"] = json!(d.device),
+                }
                 meta["memory"] = json!(s.bytes);
                 meta["expires_at"] = json!(s.expires_at.map(ollama::rfc3339_system));
                 "loaded"
@@ -318,19 +323,30 @@ pub fn normalize_messages(messages: Vec<Value>) -> Result<Vec<Value>, ApiError> 
     Ok(out)
 }
 
-/// Renders and tokenizes a chat, returning the ids and whether the prompt opened reasoning.
+/// Renders and tokenizes a chat, returning the prompt and whether it opened reasoning. A
+/// device model gets the rendered text, or the messages themselves when the device applies
+/// its own template.
 pub async fn chat_prompt(
     l: &Loaded,
     messages: &[Value],
     opts: &RenderOptions,
     flavor: Flavor,
-) -> Result<(Vec<u32>, bool), ApiError> {
+) -> Result<(common::Prompt, bool), ApiError> {
+    if l.device().is_some_and(|d| !d.host_template) {
+        return Ok((
+            common::Prompt::Text(crate::device::messages(messages)),
+            false,
+        ));
+    }
     let mut text = l
         .template
         .render(messages, opts)
         .map_err(|e| ApiError::bad_request(flavor, e))?;
     let open = l.template.opens_reasoning(&text);
-    let tok = l.model.tokenizer();
+    if l.device().is_some() {
+        return Ok((common::text_prompt(l, text, false, flavor).await?, open));
+    }
+    let tok = l.native(flavor, "token ids")?.model.tokenizer();
     // The template writes BOS itself; the tokenizer would add another.
     let add_special = match tok.bos().and_then(|b| tok.token_text(b)) {
         Some(bos) if tok.add_bos() && !bos.is_empty() && text.starts_with(bos) => {
@@ -340,7 +356,7 @@ pub async fn chat_prompt(
         _ => tok.add_bos(),
     };
     let ids = common::tokenize(l, text, add_special, flavor).await?;
-    Ok((ids, open))
+    Ok((common::Prompt::Ids(ids), open))
 }
 
 /// The reasoning split a request asks for.
@@ -396,7 +412,7 @@ pub async fn chat(
     };
     let permit = common::admit(&state, F)?;
     let (prompt, open) = chat_prompt(&l, &messages, &opts, F).await?;
-    common::check_prompt_len(&l, prompt.len(), F)?;
+    common::check_prompt(&l, &prompt, F)?;
     let rx = common::submit(&l, prompt, params, arrived, permit, F)?;
     let parser = ReasoningParser::new(syntax, open);
     let meta = Meta::new("chatcmpl", &l, include_usage, logprobs.is_some());
@@ -405,7 +421,7 @@ pub async fn chat(
             meta,
             parser,
             sent_role: false,
-            tok: l.model.tokenizer().clone(),
+            tok: tokenizer(&l),
         };
         return Ok(common::streaming_response(
             common::stream_body(rx, framer),
@@ -422,10 +438,9 @@ pub async fn chat(
     if !s.reasoning.is_empty() {
         message["reasoning_content"] = json!(s.reasoning);
     }
-    let lp = if logprobs.is_some() {
-        json!({"content": chat_logprobs(l.model.tokenizer(), &c.tokens)})
-    } else {
-        Value::Null
+    let lp = match (logprobs, tokenizer(&l)) {
+        (Some(_), Some(tok)) => json!({"content": chat_logprobs(&tok, &c.tokens)}),
+        _ => Value::Null,
     };
     Ok(Json(json!({
         "id": meta.id,
@@ -482,25 +497,27 @@ pub async fn completions(
         }
     };
     let prompt = match req.prompt {
-        PromptInput::Text(t) => common::tokenize(&l, t, true, F).await?,
+        PromptInput::Text(t) => common::text_prompt(&l, t, true, F).await?,
         PromptInput::Texts(mut v) => {
             one(v.len())?;
-            common::tokenize(&l, v.remove(0), true, F).await?
+            common::text_prompt(&l, v.remove(0), true, F).await?
         }
-        PromptInput::Ids(ids) => ids,
+        PromptInput::Ids(ids) => common::Prompt::Ids(ids),
         PromptInput::IdLists(mut v) => {
             one(v.len())?;
-            v.remove(0)
+            common::Prompt::Ids(v.remove(0))
         }
     };
-    common::check_ids(&l, &prompt, F)?;
-    common::check_prompt_len(&l, prompt.len(), F)?;
+    if let common::Prompt::Ids(ids) = &prompt {
+        common::check_ids(&l, ids, F)?;
+    }
+    common::check_prompt(&l, &prompt, F)?;
     let rx = common::submit(&l, prompt, params, arrived, permit, F)?;
     let meta = Meta::new("cmpl", &l, include_usage, logprobs.is_some());
     if stream {
         let framer = CompletionFramer {
             meta,
-            tok: l.model.tokenizer().clone(),
+            tok: tokenizer(&l),
         };
         return Ok(common::streaming_response(
             common::stream_body(rx, framer),
@@ -508,10 +525,9 @@ pub async fn completions(
         ));
     }
     let c = common::collect(rx, F).await?;
-    let lp = if logprobs.is_some() {
-        completion_logprobs(l.model.tokenizer(), &c.tokens, 0)
-    } else {
-        Value::Null
+    let lp = match (logprobs, tokenizer(&l)) {
+        (Some(_), Some(tok)) => completion_logprobs(&tok, &c.tokens, 0),
+        _ => Value::Null,
     };
     Ok(Json(json!({
         "id": meta.id,
@@ -600,13 +616,17 @@ pub async fn run_embed(
 ) -> Result<crate::scheduler::EmbedOut, ApiError> {
     let mut permit = common::admit(state, flavor)?;
     permit.hold(l.busy());
-    let rx = l.sched.embed(inputs, arrived, Some(permit)).map_err(|_| {
-        ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            flavor,
-            "the server is shutting down",
-        )
-    })?;
+    let rx = l
+        .native(flavor, "embeddings")?
+        .sched
+        .embed(inputs, arrived, Some(permit))
+        .map_err(|_| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                flavor,
+                "the server is shutting down",
+            )
+        })?;
     match rx.await {
         Ok(Ok(out)) => Ok(out),
         Ok(Err(msg)) => Err(common::event_error(&msg, flavor)),
@@ -744,6 +764,14 @@ fn timings(d: &Done) -> Value {
     })
 }
 
+/// The tokenizer of a GGUF model (a device model has none here).
+fn tokenizer(l: &Loaded) -> Option<Arc<engine::Tokenizer>> {
+    match &l.runner {
+        crate::app::Runner::Native(n) => Some(n.model.tokenizer().clone()),
+        crate::app::Runner::Device(_) => None,
+    }
+}
+
 fn piece(tok: &engine::Tokenizer, id: u32) -> (String, Vec<u8>) {
     let b = tok.token_to_piece(id, false).to_vec();
     (String::from_utf8_lossy(&b).into_owned(), b)
@@ -803,7 +831,7 @@ struct ChatFramer {
     meta: Meta,
     parser: ReasoningParser,
     sent_role: bool,
-    tok: Arc<engine::Tokenizer>,
+    tok: Option<Arc<engine::Tokenizer>>,
 }
 
 impl ChatFramer {
@@ -846,10 +874,11 @@ impl Framer for ChatFramer {
         match ev {
             Event::Token(t) => {
                 let s = self.parser.push(&t.text);
-                let lp = if self.meta.logprobs && t.logprob.is_some() {
-                    json!({"content": chat_logprobs(&self.tok, std::slice::from_ref(&t))})
-                } else {
-                    Value::Null
+                let lp = match &self.tok {
+                    Some(tok) if self.meta.logprobs && t.logprob.is_some() => {
+                        json!({"content": chat_logprobs(tok, std::slice::from_ref(&t))})
+                    }
+                    _ => Value::Null,
                 };
                 self.deltas(s, lp, out);
             }
@@ -895,7 +924,7 @@ impl Framer for ChatFramer {
 
 struct CompletionFramer {
     meta: Meta,
-    tok: Arc<engine::Tokenizer>,
+    tok: Option<Arc<engine::Tokenizer>>,
 }
 
 impl CompletionFramer {
@@ -915,10 +944,11 @@ impl Framer for CompletionFramer {
     fn event(&mut self, ev: Event, out: &mut Vec<Bytes>) {
         match ev {
             Event::Token(t) => {
-                let lp = if self.meta.logprobs && t.logprob.is_some() {
-                    completion_logprobs(&self.tok, std::slice::from_ref(&t), 0)
-                } else {
-                    Value::Null
+                let lp = match &self.tok {
+                    Some(tok) if self.meta.logprobs && t.logprob.is_some() => {
+                        completion_logprobs(tok, std::slice::from_ref(&t), 0)
+                    }
+                    _ => Value::Null,
                 };
                 if !t.text.is_empty() || !lp.is_null() {
                     out.push(common::sse(&self.chunk(&t.text, None, lp)));

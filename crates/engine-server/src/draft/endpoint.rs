@@ -161,7 +161,14 @@ async fn handle(
         cache_prompt: true,
         ..Default::default()
     };
-    let rx = common::submit(&loaded, tokens, params, arrived, permit, F)?;
+    let rx = common::submit(
+        &loaded,
+        common::Prompt::Ids(tokens),
+        params,
+        arrived,
+        permit,
+        F,
+    )?;
     let c = common::collect(rx, F).await?;
     // a final event may repeat the last id to flush held-back text: keep one per token
     let mut ids: Vec<u32> = c.tokens.iter().map(|t| t.id).collect();

@@ -82,6 +82,24 @@ impl ChatTemplate {
         })
     }
 
+    /// Compiles a template given as source with its model's BOS/EOS texts (a device model's
+    /// package), the reasoning markup read from the source.
+    pub fn from_source(
+        source: String,
+        origin: impl Into<String>,
+        bos: &str,
+        eos: &str,
+    ) -> Result<ChatTemplate, String> {
+        let syntax = if source.contains("<|channel|>") {
+            ReasoningSyntax::Harmony
+        } else if source.contains("<think>") {
+            ReasoningSyntax::Think
+        } else {
+            ReasoningSyntax::None
+        };
+        ChatTemplate::new(source, origin, bos, eos, syntax)
+    }
+
     /// Picks and compiles the template for a model: an override, the GGUF's own, or the
     /// built-in matching its vocabulary. A GGUF template that fails to compile falls back to
     /// the built-in (with a warning); a bad override is an error.
