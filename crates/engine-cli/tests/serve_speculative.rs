@@ -121,9 +121,13 @@ fn every_drafter_kind_reproduces_plain_greedy_output_through_the_server() {
     let drafter = Server::start_model(&draft, &["-np", "4", "--api-key", "drafter-key"]);
     let remote_url = drafter.url();
     let configs: [(&str, Vec<&str>); 3] = [
-        ("ngram", vec!["--spec-type", "ngram"]),
-        // a fixed length: this drafter costs nearly what the target does, so the adaptive
-        // length would (rightly) draft rarely
+        (
+            "ngram",
+            vec!["--spec-type", "ngram", "--draft-fixed", "--draft-max", "4"],
+        ),
+        // fixed lengths: the adaptive length depends on measured times (these drafters cost
+        // nearly what the target does, so it would rightly draft rarely), and this test
+        // needs every kind to draft and be accepted sometimes, deterministically
         (
             "draft",
             vec![
@@ -144,6 +148,9 @@ fn every_drafter_kind_reproduces_plain_greedy_output_through_the_server() {
                 // generous: this checks identity on a busy 2-core machine, not latency
                 "--draft-remote-timeout",
                 "20000",
+                "--draft-fixed",
+                "--draft-max",
+                "4",
             ],
         ),
     ];

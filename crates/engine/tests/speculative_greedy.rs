@@ -3,7 +3,8 @@
 //!
 //! * on the 12 prompts of the Gemma 3 270M greedy fixtures (the real Q4_K_M file): the
 //!   n-gram drafter, a draft model (the first 12 of the model's 18 blocks: the same
-//!   vocabulary, often but not always right), and a scripted drafter that proposes the true
+//!   vocabulary, often but not always right; on 3 of the prompts here, on all 12 through the
+//!   server in `engine-cli`'s `serve_speculative`), and a scripted drafter that proposes the true
 //!   continuation with one token corrupted at a rotating offset, so every acceptance length
 //!   from 0 to the whole draft is exercised;
 //! * on every tiny architecture fixture (attention, MoE, hybrid Mamba-2 with checkpointed
@@ -156,6 +157,10 @@ fn load(path: &Path, share: Option<&Model>) -> Model {
     }
 }
 
+/// The fixtures the draft model is compared on (it agrees often on the first two and
+/// rarely on the third).
+const DRAFT_MODEL_ON: [&str; 3] = ["fact_en", "chat", "python"];
+
 #[test]
 fn greedy_speculative_equals_plain_on_the_gemma3_fixtures() {
     let path = engine_testdata::gemma3_model().expect("the default model is needed");
@@ -179,13 +184,14 @@ fn greedy_speculative_equals_plain_on_the_gemma3_fixtures() {
             .map(|x| x.as_u64().unwrap() as u32)
             .collect();
         let n = v["n_predict"].as_u64().unwrap() as usize;
-        failures.extend(compare(
-            name,
-            &model,
-            &mut [("ngram", &mut ngram), ("draft", &mut md)],
-            &prompt,
-            n,
-        ));
+        // the draft model drafts every step (a fixed length) at nearly the target's cost:
+        // three prompts here; `engine-cli`'s serve_speculative test runs it on all twelve
+        let drafters: &mut [(&str, &mut dyn Drafter)] = if DRAFT_MODEL_ON.contains(&name) {
+            &mut [("ngram", &mut ngram), ("draft", &mut md)]
+        } else {
+            &mut [("ngram", &mut ngram)]
+        };
+        failures.extend(compare(name, &model, drafters, &prompt, n));
         records += 1;
     }
     assert_eq!(records, 12);

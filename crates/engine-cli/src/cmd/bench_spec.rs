@@ -19,7 +19,7 @@ Rewrite the text above, replacing \"lighthouse\" with \"beacon\" and \"keeper\" 
 
 The old beacon stood at the end of the northern pier,";
 
-const MD_HEADER: &str = "| model | drafter | test | plain t/s | speculative t/s | speedup | acceptance | drafted/pass | identical |\n| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | :---: |";
+const MD_HEADER: &str = "| model | drafter | threads | test | plain t/s | speculative t/s | speedup | acceptance | drafted/pass | identical |\n| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | :---: |";
 
 /// Runs the speculative benchmark.
 pub fn run(a: &BenchArgs) -> Result<()> {
@@ -36,10 +36,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         .into_iter()
         .find(|&n| n > 0)
         .unwrap_or(128);
-    let threads = if a.threads.is_empty() {
-        engine::default_threads()
+    let thread_counts: Vec<usize> = if a.threads.is_empty() {
+        vec![engine::default_threads()]
     } else {
-        super::bench::parse_int_list("-t", &a.threads)?[0].max(1)
+        super::bench::parse_int_list("-t", &a.threads)?
+            .into_iter()
+            .map(|t| t.max(1))
+            .collect()
     };
     let text = match &a.spec_prompt {
         Some(p) => {
@@ -62,10 +65,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if !json {
         writeln!(out, "{MD_HEADER}")?;
     }
-    for spec in a.model.iter().flat_map(|m| m.split(',')).map(str::trim) {
-        if spec.is_empty() {
-            continue;
-        }
+    let models = a
+        .model
+        .iter()
+        .flat_map(|m| m.split(','))
+        .map(str::trim)
+        .filter(|m| !m.is_empty());
+    for (spec, &threads) in models.flat_map(|m| thread_counts.iter().map(move |t| (m, t))) {
         let path = super::resolve_model(spec)?;
         let opts = LoadOptions {
             threads,
@@ -130,7 +136,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         } else {
             writeln!(
                 out,
-                "| {fname} | {drafter_label} | tg{n_gen} (prompt {}) | {pt:.2} ± {psd:.2} | {st:.2} ± {ssd:.2} | {:.2}x | {:.1}% | {per_pass:.2} | {} |",
+                "| {fname} | {drafter_label} | {threads} | tg{n_gen} (prompt {}) | {pt:.2} ± {psd:.2} | {st:.2} ± {ssd:.2} | {:.2}x | {:.1}% | {per_pass:.2} | {} |",
                 prompt.len(),
                 r.speedup(),
                 100.0 * r.stats.acceptance(),
@@ -142,7 +148,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if !json {
         writeln!(
             out,
-            "\nthreads: {threads}, repetitions: {} (interleaved with plain runs), greedy; build: engine {}",
+            "\nrepetitions: {} (interleaved with plain runs), greedy; build: engine {}",
             a.reps,
             env!("CARGO_PKG_VERSION")
         )?;

@@ -510,15 +510,6 @@ pub fn served_models(models_file: Option<&std::path::Path>) -> Result<Vec<ModelS
             store.root().display()
         );
     }
-    for s in &out {
-        if let Some(d) = &s.preset.draft {
-            tracing::warn!(
-                model = %s.name,
-                draft = %d,
-                "a draft model is configured, but speculative decoding is not part of this build; it is not used"
-            );
-        }
-    }
     Ok(out)
 }
 

@@ -250,6 +250,8 @@ pub struct AdaptiveLength {
 pub const PROBE_EVERY: usize = 8;
 /// Longest probing interval.
 const PROBE_MAX: usize = 128;
+/// Probing interval while speculation could not pay even at full acceptance.
+const DORMANT_PROBE: usize = 1024;
 /// Expected speedup below which a step decodes plainly (covers estimation error).
 pub const MIN_GAIN: f64 = 1.05;
 
@@ -293,7 +295,21 @@ impl AdaptiveLength {
         if !self.adaptive {
             return self.max;
         }
-        let (k, gain) = self.best(cost.c_verify() + cost.c_draft());
+        let per_token = cost.c_verify() + cost.c_draft();
+        // even if every drafted token were accepted, drafting `max` tokens could not beat
+        // plain decoding by MIN_GAIN: draft only once every DORMANT_PROBE steps, to notice
+        // if the costs change (a draft model costing as much as the target would otherwise
+        // re-read every token on each probe to catch up, slowing generation down)
+        let ceiling = (self.max + 1) as f64 / (1.0 + self.max as f64 * per_token);
+        if ceiling < MIN_GAIN {
+            self.idle += 1;
+            if self.idle >= DORMANT_PROBE {
+                self.idle = 0;
+                return self.min.max(1);
+            }
+            return 0;
+        }
+        let (k, gain) = self.best(per_token);
         if gain >= MIN_GAIN {
             self.idle = 0;
             self.probe_every = PROBE_EVERY;
@@ -419,6 +435,14 @@ impl CostModel {
         let b = (self.sxy / self.w - mean_x * mean_y) / var_x;
         let a = mean_y - b * mean_x;
         (a + b > 0.0).then_some((a, b))
+    }
+
+    /// True when every pass seen so far verified the same number of rows (more than one):
+    /// the costs cannot be separated until a plain one-token step is timed too. A
+    /// single-sequence loop then takes one plain step (a batch of several sequences varies
+    /// its rows by itself).
+    pub fn needs_plain_step(&self) -> bool {
+        self.w >= 2.0 && self.sx / self.w > 1.5 && self.fit().is_none()
     }
 
     /// The time of a one-token step, if measured.
@@ -683,6 +707,10 @@ mod tests {
             ..p
         });
         assert_eq!(fixed.next(&dear), 16);
+        // a drafter costing as much as the target cannot pay at any acceptance: it rests
+        let mut same = AdaptiveLength::new(&SpecParams { draft_min: 0, ..p });
+        let steps: Vec<usize> = (0..1000).map(|_| same.next(&CostModel::new(1.0))).collect();
+        assert!(steps.iter().all(|&k| k == 0), "never worth a draft");
     }
 
     #[test]
@@ -704,6 +732,9 @@ mod tests {
             same.observe_pass(5, 0.1);
         }
         assert_eq!(same.c_verify(), VERIFY_ROW_COST);
+        assert!(same.needs_plain_step(), "a plain step separates the costs");
+        same.observe_pass(1, 0.04);
+        assert!(!same.needs_plain_step());
     }
 
     fn one_hot_rows(ids: &[u32], n_vocab: usize) -> Vec<f32> {
