@@ -183,17 +183,9 @@ fn ladder(bin: &Path, quants: &[String]) -> Result<Vec<(String, PathBuf)>> {
 
 /// Runs a benchmark command that prints llama-bench JSON; returns t/s per test name.
 fn bench_json(cmd: &mut Command) -> Result<Vec<(String, f64)>> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    let stdout = output(cmd)?;
     let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).with_context(|| format!("{cmd:?} printed no JSON"))?;
+        serde_json::from_str(&stdout).with_context(|| format!("{cmd:?} printed no JSON"))?;
     let mut rows = vec![];
     for r in v.as_array().context("JSON array expected")? {
         let (p, g, d) = (

@@ -119,40 +119,9 @@ pub struct ServeArgs {
     /// Log format on stderr: text or json [default: text].
     #[arg(long = "log-format")]
     pub log_format: Option<String>,
-    /// Speculative decoding drafter: draft (--model-draft), ngram (prompt lookup) or remote
-    /// (--draft-remote). Implied by --model-draft and --draft-remote.
-    #[arg(long = "spec-type")]
-    pub spec_type: Option<String>,
-    /// Draft model with the model's vocabulary (a GGUF path or store name); also -md.
-    #[arg(long = "model-draft", visible_alias = "md")]
-    pub model_draft: Option<String>,
-    /// Most tokens drafted per step [default: 16].
-    #[arg(long = "draft-max", visible_alias = "draft")]
-    pub draft_max: Option<usize>,
-    /// Fewest drafted tokens worth verifying [default: 0].
-    #[arg(long = "draft-min")]
-    pub draft_min: Option<usize>,
-    /// A draft model stops drafting below this confidence in its next token [default: 0.75].
-    #[arg(long = "draft-p-min")]
-    pub draft_p_min: Option<f32>,
-    /// Always draft --draft-max tokens (no adaptation to the acceptance rate).
-    #[arg(long = "draft-fixed")]
-    pub draft_fixed: bool,
-    /// A drafter engine on another node: http://HOST:PORT of its `engine serve`.
-    #[arg(long = "draft-remote")]
-    pub draft_remote: Option<String>,
-    /// The remote drafter's API key.
-    #[arg(long = "draft-remote-key")]
-    pub draft_remote_key: Option<String>,
-    /// Deadline of one remote drafting exchange, in milliseconds [default: 1000].
-    #[arg(long = "draft-remote-timeout")]
-    pub draft_remote_timeout: Option<u64>,
-    /// Shortest suffix n-gram lookup matches [default: 2].
-    #[arg(long = "spec-ngram-min")]
-    pub spec_ngram_min: Option<usize>,
-    /// Longest suffix n-gram lookup matches [default: 4].
-    #[arg(long = "spec-ngram-max")]
-    pub spec_ngram_max: Option<usize>,
+    /// Speculative decoding (the flags of `engine run` and `engine bench`).
+    #[command(flatten)]
+    pub spec: super::spec::SpecArgs,
     /// Seconds a text device (Hailo) may take to produce the next piece of text before the
     /// generation is aborted with 504 [default: 60].
     #[arg(long = "device-timeout")]
@@ -387,18 +356,19 @@ pub fn config(a: ServeArgs) -> Result<ServerConfig> {
     }
     cfg.device_timeout = Duration::from_secs(device_timeout);
     cfg.hailo_shim = a.hailo_shim.clone().or(f.hailo_shim.clone());
+    let sa = &a.spec;
     cfg.draft = super::spec::draft_config(&super::spec::SpecSettings {
-        spec_type: a.spec_type.clone().or(f.spec_type.clone()),
-        model_draft: a.model_draft.clone().or(f.model_draft.clone()),
-        draft_max: a.draft_max.or(f.draft_max),
-        draft_min: a.draft_min.or(f.draft_min),
-        draft_p_min: a.draft_p_min.or(f.draft_p_min),
-        adaptive: !(a.draft_fixed || f.draft_fixed.unwrap_or(false)),
-        draft_remote: a.draft_remote.clone().or(f.draft_remote.clone()),
-        draft_remote_key: a.draft_remote_key.clone().or(f.draft_remote_key.clone()),
-        draft_remote_timeout: a.draft_remote_timeout.or(f.draft_remote_timeout),
-        ngram_min: a.spec_ngram_min.or(f.spec_ngram_min),
-        ngram_max: a.spec_ngram_max.or(f.spec_ngram_max),
+        spec_type: sa.spec_type.clone().or(f.spec_type.clone()),
+        model_draft: sa.model_draft.clone().or(f.model_draft.clone()),
+        draft_max: sa.draft_max.or(f.draft_max),
+        draft_min: sa.draft_min.or(f.draft_min),
+        draft_p_min: sa.draft_p_min.or(f.draft_p_min),
+        adaptive: !(sa.draft_fixed || f.draft_fixed.unwrap_or(false)),
+        draft_remote: sa.draft_remote.clone().or(f.draft_remote.clone()),
+        draft_remote_key: sa.draft_remote_key.clone().or(f.draft_remote_key.clone()),
+        draft_remote_timeout: sa.draft_remote_timeout.or(f.draft_remote_timeout),
+        ngram_min: sa.spec_ngram_min.or(f.spec_ngram_min),
+        ngram_max: sa.spec_ngram_max.or(f.spec_ngram_max),
     })?;
     Ok(cfg)
 }

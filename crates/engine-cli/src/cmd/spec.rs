@@ -11,7 +11,7 @@ use engine::speculative::ngram::NgramParams;
 use engine::SpecParams;
 use engine_server::draft::{DraftConfig, DraftSource, RemoteConfig};
 
-/// Speculative decoding options of `engine run` and `engine bench`.
+/// Speculative decoding options of `engine run`, `engine bench` and `engine serve`.
 #[derive(Args, Clone, Debug, Default)]
 pub struct SpecArgs {
     /// Drafter for speculative decoding: draft (a draft model, --model-draft), ngram
