@@ -24,20 +24,54 @@ pub enum Device {
     /// The host CPU.
     #[default]
     Cpu,
+    /// An NVIDIA GPU (ordinal), through the CUDA driver loaded at run time.
+    Cuda(usize),
+}
+
+impl Device {
+    /// `auto`: the first CUDA GPU when one is usable, else the CPU.
+    pub fn auto() -> Device {
+        if engine_cuda::unavailable_reason().is_none() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
 }
 
 impl std::str::FromStr for Device {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Device> {
-        let kind = s.split(':').next().unwrap_or("");
-        match kind.to_ascii_lowercase().as_str() {
-            "cpu" | "auto" => Ok(Device::Cpu),
-            "cuda" | "rocm" | "hip" | "hailo" => Err(Error::Options(format!(
-                "device '{s}' is not available in this build of the engine; only 'cpu' is"
+        let mut parts = s.splitn(2, ':');
+        let kind = parts.next().unwrap_or("").to_ascii_lowercase();
+        let ordinal = match parts.next() {
+            None => 0,
+            Some(n) => n.parse::<usize>().map_err(|_| {
+                Error::Options(format!("device '{s}': '{n}' is not a device number"))
+            })?,
+        };
+        match kind.as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "auto" => Ok(Device::auto()),
+            "cuda" => match engine_cuda::unavailable_reason() {
+                None => Ok(Device::Cuda(ordinal)),
+                Some(why) => Err(Error::Options(why)),
+            },
+            "rocm" | "hip" | "hailo" => Err(Error::Options(format!(
+                "device '{s}' is not available in this build of the engine (cpu and cuda are)"
             ))),
             _ => Err(Error::Options(format!(
-                "unknown device '{s}' (expected cpu)"
+                "unknown device '{s}' (expected auto, cpu or cuda[:N])"
             ))),
         }
     }
@@ -161,6 +195,10 @@ impl Model {
             (Some(b), _) => b,
             (None, Device::Cpu) => {
                 Arc::new(engine_cpu::CpuBackend::new(threads).with_repack(opts.repack))
+            }
+            (None, Device::Cuda(i)) => {
+                let cache = engine_gpu::cache::CodeCache::default_for("cuda");
+                Arc::new(engine_cuda::open(*i, &cache).map_err(Error::Options)?)
             }
         };
         // The architecture first: an unsupported model fails on that, not on its tokenizer.

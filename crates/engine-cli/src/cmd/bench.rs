@@ -55,8 +55,8 @@ pub struct BenchArgs {
     /// KV cache type for values (must equal the key type).
     #[arg(long = "cache-type-v", visible_alias = "ctv", default_value = "f16")]
     pub cache_type_v: String,
-    /// Device: cpu.
-    #[arg(long = "device", default_value = "cpu")]
+    /// Device: auto (the first CUDA GPU when one is usable, else the CPU), cpu, cuda[:N].
+    #[arg(long = "device", default_value = "auto")]
     pub device: String,
     /// Keep weights in their file format (no load-time repacking).
     #[arg(long = "no-repack")]
@@ -132,6 +132,7 @@ struct Row<'a> {
     model_size: u64,
     model_n_params: u64,
     backend_info: &'a str,
+    backend: &'a str,
     n_batch: usize,
     n_ubatch: usize,
     n_threads: usize,
@@ -172,7 +173,7 @@ impl Row<'_> {
         serde_json::json!({
             "build_commit": env!("CARGO_PKG_VERSION"),
             "cpu_info": cpu_info(),
-            "backends": "CPU",
+            "backends": self.backend,
             "backend_info": self.backend_info,
             "model_filename": self.model_filename,
             "model_type": self.model_type,
@@ -218,7 +219,7 @@ impl Row<'_> {
             self.model_type,
             human_size(self.model_size),
             human_params(self.model_n_params),
-            "CPU",
+            self.backend,
             self.n_threads,
             self.result.test.name(),
             format!("{avg_ts:.2} ± {sd_ts:.2}"),
@@ -446,6 +447,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                                 model_size: model.gguf().tensor_bytes(),
                                 model_n_params: model.info().n_params,
                                 backend_info: &backend_info,
+                                backend: model.backend().name(),
                                 n_batch: b,
                                 n_ubatch: ub,
                                 n_threads: t,

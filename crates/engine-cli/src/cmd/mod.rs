@@ -46,8 +46,8 @@ pub struct ModelArgs {
     /// tensors, slower generation; results are identical).
     #[arg(long = "no-repack")]
     pub no_repack: bool,
-    /// Device: cpu.
-    #[arg(long = "device", default_value = "cpu")]
+    /// Device: auto (the first CUDA GPU when one is usable, else the CPU), cpu, cuda[:N].
+    #[arg(long = "device", default_value = "auto")]
     pub device: String,
 }
 

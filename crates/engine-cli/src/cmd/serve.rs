@@ -73,7 +73,7 @@ pub struct ServeArgs {
     /// Read the file into memory instead of memory-mapping it.
     #[arg(long = "no-mmap")]
     pub no_mmap: bool,
-    /// Device: cpu.
+    /// Device: auto (the first CUDA GPU when one is usable, else the CPU), cpu, cuda[:N].
     #[arg(long = "device")]
     pub device: Option<String>,
     /// Address to listen on [default: 127.0.0.1].
@@ -225,7 +225,7 @@ pub fn config(a: ServeArgs) -> Result<ServerConfig> {
         .device
         .clone()
         .or(f.device.clone())
-        .unwrap_or_else(|| "cpu".into());
+        .unwrap_or_else(|| "auto".into());
     let mut cfg = ServerConfig::new(path);
     match &spec {
         None => cfg.models = served_models(models_file.as_deref())?,

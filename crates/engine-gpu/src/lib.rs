@@ -1,0 +1,17 @@
+//! The GPU backend, written once for every GPU runtime.
+//!
+//! * [`driver`]: the few things a GPU runtime must do (allocate, copy, compile, launch);
+//!   `engine-cuda` implements it over the CUDA driver API and NVRTC.
+//! * [`source`]: the kernel sources (`kernels/cuda`), expanded into one translation unit.
+//! * [`cache`]: the on-disk code-object cache, keyed by source hash, target and toolchain.
+//! * [`backend`]: [`GpuBackend`], the `engine_core::Backend` made of kernel launches.
+
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod cache;
+pub mod driver;
+pub mod source;
+
+pub use backend::GpuBackend;
+pub use driver::{DevPtr, Driver, FnHandle};
