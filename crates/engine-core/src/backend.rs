@@ -71,6 +71,19 @@ pub struct RopeSpec<'a> {
 }
 
 impl<'a> RopeSpec<'a> {
+    /// The YaRN correction range `[low, high]` in rotated-pair indices (ggml's
+    /// `rope_yarn_corr_dims`), shared by every backend.
+    pub fn yarn_corr_dims(&self) -> [f32; 2] {
+        let n_rot = self.n_rot as f32;
+        let dim = |n_r: f32| {
+            n_rot * (self.n_ctx_orig as f32 / (n_r * 2.0 * std::f32::consts::PI)).ln()
+                / (2.0 * self.freq_base.ln())
+        };
+        let start = dim(self.beta_fast).floor();
+        let end = dim(self.beta_slow).ceil();
+        [start.max(0.0), end.min(n_rot - 1.0)]
+    }
+
     /// Plain rope with no scaling.
     pub fn plain(mode: RopeMode, n_head: usize, head_dim: usize, freq_base: f32) -> Self {
         RopeSpec {

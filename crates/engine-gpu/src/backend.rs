@@ -616,7 +616,7 @@ impl Backend for GpuBackend {
             None => 0,
         };
         let corr = if spec.ext_factor != 0.0 {
-            yarn_corr_dims(spec)
+            spec.yarn_corr_dims()
         } else {
             [0.0, 0.0]
         };
@@ -1101,16 +1101,4 @@ fn run_words(runs: &[SeqRun], n: usize, slots: usize) -> Result<Vec<u32>> {
         "two runs share a state slot".to_string()
     })?;
     Ok(words)
-}
-
-/// The YaRN correction range in pair indices (ggml's `rope_yarn_corr_dims`).
-fn yarn_corr_dims(spec: &RopeSpec) -> [f32; 2] {
-    let n_rot = spec.n_rot as f32;
-    let dim = |n_r: f32| {
-        n_rot * (spec.n_ctx_orig as f32 / (n_r * 2.0 * std::f32::consts::PI)).ln()
-            / (2.0 * spec.freq_base.ln())
-    };
-    let start = dim(spec.beta_fast).floor();
-    let end = dim(spec.beta_slow).ceil();
-    [start.max(0.0), end.min(n_rot - 1.0)]
 }

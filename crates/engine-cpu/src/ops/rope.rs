@@ -6,35 +6,12 @@ use engine_core::{RopeMode, RopeSpec};
 /// Most rotated pairs per head supported (n_rot <= 2048).
 pub const MAX_PAIRS: usize = 1024;
 
-/// The YaRN correction range `[low, high]` in pair indices (ggml's `rope_yarn_corr_dims`).
-pub fn yarn_corr_dims(
-    n_rot: usize,
-    n_ctx_orig: u32,
-    base: f32,
-    beta_fast: f32,
-    beta_slow: f32,
-) -> [f32; 2] {
-    let dim = |n_r: f32| {
-        n_rot as f32 * (n_ctx_orig as f32 / (n_r * 2.0 * std::f32::consts::PI)).ln()
-            / (2.0 * base.ln())
-    };
-    let start = dim(beta_fast).floor();
-    let end = dim(beta_slow).ceil();
-    [start.max(0.0), end.min(n_rot as f32 - 1.0)]
-}
-
 /// Fills `cs[2i] = cos`, `cs[2i+1] = sin` for every rotated pair at position `pos`.
 pub fn cos_sin(pos: f32, spec: &RopeSpec, factors: Option<&[f32]>, cs: &mut [f32]) {
     let n_rot = spec.n_rot;
     let theta_scale = spec.freq_base.powf(-2.0 / n_rot as f32);
     let corr = if spec.ext_factor != 0.0 {
-        yarn_corr_dims(
-            n_rot,
-            spec.n_ctx_orig,
-            spec.freq_base,
-            spec.beta_fast,
-            spec.beta_slow,
-        )
+        spec.yarn_corr_dims()
     } else {
         [0.0, 0.0]
     };
