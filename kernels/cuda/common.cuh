@@ -10,7 +10,7 @@ typedef int i32;
 typedef unsigned int u32;
 typedef long long i64;
 
-#if defined(__HIPCC__) || defined(__HIP_DEVICE_COMPILE__) || defined(__HIP_PLATFORM_AMD__)
+#if defined(__HIPCC__) || defined(__HIPCC_RTC__) || defined(__HIP_DEVICE_COMPILE__) || defined(__HIP_PLATFORM_AMD__)
 #define EG_HIP 1
 #define EG_DEVICE 1
 #elif defined(__CUDACC__) || defined(__CUDACC_RTC__)
@@ -29,6 +29,13 @@ typedef long long i64;
 // -DEG_WARP=64 only for a wave64 target (GCN/CDNA).
 #ifndef EG_WARP
 #define EG_WARP 32
+#endif
+// The host launches EG_WARP-lane warps: a target compiled for another wavefront size would
+// give wrong reductions, so it does not build.
+#if defined(EG_HIP) && defined(__AMDGCN_WAVEFRONT_SIZE)
+#if __AMDGCN_WAVEFRONT_SIZE != EG_WARP
+#error "EG_WARP differs from the target's wavefront size"
+#endif
 #endif
 
 EG_FN float eg_f16_to_f32(u16 h) {

@@ -1,5 +1,5 @@
-//! `cargo xtask check-kernels`: compiles every GPU kernel for every CUDA target our users
-//! run, with no GPU and no system CUDA. nvcc and NVRTC come from the `nvidia-cuda-nvcc` and
+//! The CUDA half of `cargo xtask check-kernels`: compiles every GPU kernel for every CUDA
+//! target our users run, with no GPU and no system CUDA. nvcc and NVRTC come from the `nvidia-cuda-nvcc` and
 //! `nvidia-cuda-nvrtc` packages on PyPI, installed into `.cache/cuda-venv`. Two checks:
 //!
 //! 1. nvcc (`-cubin`, so ptxas runs) compiles each `kernels/cuda/*.cu` for sm_86, sm_87,
@@ -45,8 +45,7 @@ fn find_nvrtc(root: &Path) -> Option<PathBuf> {
     None
 }
 
-pub fn run() -> Result<()> {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+pub fn run(repo: &Path) -> Result<()> {
     let venv = repo.join(".cache/cuda-venv");
     if !venv.join("bin/pip").is_file() {
         sh(&format!("python3 -m venv {}", venv.display()))?;

@@ -5,8 +5,9 @@
 //!   rustup target, qemu-user and the cross linker when missing (Debian/Ubuntu, as root).
 //! * `bench-vs-llamacpp`: `engine bench` against llama.cpp's `llama-bench` on the default
 //!   model's quant ladder, interleaved, with ratios (see [`vs_llamacpp`]).
-//! * `check-kernels`: compiles every GPU kernel for every CUDA target with nvcc and with the
-//!   engine's NVRTC path, no GPU needed (see [`check_kernels`]).
+//! * `check-kernels [cuda|rocm]`: compiles every GPU kernel for every CUDA target with nvcc
+//!   and the engine's NVRTC path, and for the AMD targets with clang (HIP) and the engine's
+//!   hiprtc path; no GPU needed (see [`check_kernels`], [`check_kernels_rocm`]).
 //! * `build-hailo-shim`: builds the C++ Hailo shim against an installed HailoRT 5.x (see
 //!   [`hailo_shim`]).
 
@@ -15,6 +16,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 mod check_kernels;
+mod check_kernels_rocm;
 mod hailo_shim;
 mod vs_llamacpp;
 
@@ -23,11 +25,24 @@ fn main() -> Result<()> {
     match task.as_str() {
         "test-aarch64" => test_aarch64(),
         "bench-vs-llamacpp" => vs_llamacpp::run(&std::env::args().skip(2).collect::<Vec<_>>()),
-        "check-kernels" => check_kernels::run(),
+        "check-kernels" => {
+            let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+            let which = std::env::args().nth(2).unwrap_or_default();
+            if which.is_empty() || which == "cuda" {
+                check_kernels::run(&repo)?;
+            }
+            if which.is_empty() || which == "rocm" {
+                check_kernels_rocm::run(&repo)?;
+            }
+            if !["", "cuda", "rocm"].contains(&which.as_str()) {
+                bail!("check-kernels takes cuda, rocm or nothing (both)");
+            }
+            Ok(())
+        }
         "build-hailo-shim" => hailo_shim::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\ntasks:\n  test-aarch64        run the CPU kernel tests for aarch64 under qemu\n  bench-vs-llamacpp   engine bench vs llama-bench on the quant ladder (--help)\n  check-kernels       compile every GPU kernel for every CUDA target (no GPU needed)\n  build-hailo-shim    build the Hailo shim against an installed HailoRT 5.x (--help)"
+                "usage: cargo xtask <task>\n\ntasks:\n  test-aarch64        run the CPU kernel tests for aarch64 under qemu\n  bench-vs-llamacpp   engine bench vs llama-bench on the quant ladder (--help)\n  check-kernels       compile every GPU kernel for every CUDA and AMD target (no GPU needed)\n  build-hailo-shim    build the Hailo shim against an installed HailoRT 5.x (--help)"
             );
             bail!("unknown task '{task}'")
         }

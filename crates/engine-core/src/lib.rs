@@ -5,12 +5,14 @@
 //! * [`quant`]: reference block codecs to and from f32.
 //! * [`tensor`]: [`Tensor`] (activations) and [`Weight`] (immutable model weights).
 //! * [`backend`]: the [`Backend`] trait and the parameter types of its operations.
+//! * [`hostmem`]: the host's RAM as the OS reports it.
 
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod dtype;
 pub mod error;
+pub mod hostmem;
 pub mod quant;
 pub mod tensor;
 

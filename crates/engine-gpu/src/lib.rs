@@ -1,8 +1,9 @@
 //! The GPU backend, written once for every GPU runtime.
 //!
 //! * [`driver`]: the few things a GPU runtime must do (allocate, copy, compile, launch);
-//!   `engine-cuda` implements it over the CUDA driver API and NVRTC.
+//!   `engine-cuda` implements it over the CUDA driver API, `engine-rocm` over HIP.
 //! * [`source`]: the kernel sources (`kernels/cuda`), expanded into one translation unit.
+//! * [`rtc`]: the runtime compiler (NVRTC, hiprtc), loaded at run time by one loader.
 //! * [`cache`]: the on-disk code-object cache, keyed by source hash, target and toolchain.
 //! * [`backend`]: [`GpuBackend`], the `engine_core::Backend` made of kernel launches.
 
@@ -11,6 +12,7 @@
 pub mod backend;
 pub mod cache;
 pub mod driver;
+pub mod rtc;
 pub mod source;
 
 pub use backend::GpuBackend;

@@ -87,25 +87,12 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 
 /// Bytes the OS reports as available (`MemAvailable` in /proc/meminfo), if known.
 pub fn available_memory() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    parse_meminfo(&s, "MemAvailable:")
+    engine_core::hostmem::read(Path::new("/")).map(|m| m.available)
 }
 
 /// Bytes of RAM in total (`MemTotal`), if known.
 pub fn total_memory() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    parse_meminfo(&s, "MemTotal:")
-}
-
-fn parse_meminfo(s: &str, key: &str) -> Option<u64> {
-    let line = s.lines().find(|l| l.starts_with(key))?;
-    let kb: u64 = line[key.len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
+    engine_core::hostmem::read(Path::new("/")).map(|m| m.total)
 }
 
 /// Formats a byte count as MiB/GiB for messages.
@@ -135,14 +122,6 @@ pub fn check(est: &MemoryEstimate, budget: u64, what: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn meminfo_parsing() {
-        let s = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   20000000 kB\n";
-        assert_eq!(parse_meminfo(s, "MemAvailable:"), Some(20_000_000 * 1024));
-        assert_eq!(parse_meminfo(s, "MemTotal:"), Some(24_000_000 * 1024));
-        assert_eq!(parse_meminfo(s, "Nope:"), None);
-    }
 
     #[test]
     fn sizes() {
