@@ -43,6 +43,9 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     /// Serve the model over HTTP (OpenAI- and Ollama-compatible APIs).
     Serve(Box<cmd::serve::ServeArgs>),
+    /// What this machine offers: CPU features, RAM, CUDA and ROCm devices, and on an AMD APU
+    /// what the BIOS UMA carve-out costs.
+    Doctor(cmd::doctor::DoctorArgs),
     /// Perplexity over a text, and KL-divergence against a base model (llama-perplexity).
     Perplexity(cmd::perplexity::PerplexityArgs),
     /// The Hailo host process `engine serve` starts for a HEF model (not for people): loads
@@ -126,6 +129,7 @@ fn main() {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Serve(a) => cmd::serve::run(*a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
+        Command::Doctor(a) => cmd::doctor::run(&a),
         // stdout is the protocol there (logging goes to stderr)
         Command::HailoHost => std::process::exit(engine_hailo::host::main()),
     });

@@ -335,3 +335,60 @@ fn tokenize_and_json_run_on_the_default_model() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("t/s") && err.contains("ms/token"), "{err}");
 }
+
+/// GPU devices that are absent here (no CUDA driver; no ROCm, or a HIP runtime without a
+/// GPU) give one clear line, never a panic; a bad placement name is refused.
+#[test]
+fn absent_gpu_devices_and_bad_placements() {
+    let model = fixture("llama", "llama-F32.gguf");
+    let cuda_here = engine_cuda_present();
+    if !cuda_here {
+        assert_clean_error(
+            &run_on(&model, &["--device", "cuda"]),
+            "CUDA is not available",
+        );
+    }
+    let rocm = run_on(&model, &["--device", "rocm:1"]);
+    if !rocm.status.success() {
+        let err = String::from_utf8_lossy(&rocm.stderr);
+        assert!(
+            err.contains("ROCm is not available") || err.contains("ROCm device 1 does not exist"),
+            "{err}"
+        );
+        assert_clean_error(&rocm, "ROCm");
+    }
+    assert_clean_error(&run_on(&model, &["--device", "tpu"]), "unknown device");
+    assert_clean_error(
+        &run_on(&model, &["--device", "cpu", "--gpu-memory", "vram-ish"]),
+        "placement",
+    );
+    // cpu with an explicit placement runs (the flag only concerns GPUs)
+    let ok = run_on(&model, &["--device", "cpu", "--gpu-memory", "host"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+fn engine_cuda_present() -> bool {
+    ["/dev/nvidiactl", "/proc/driver/nvidia/version"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+}
+
+/// `engine doctor` reports the CPU, CUDA and ROCm sections whatever is installed.
+#[test]
+fn doctor_reports_every_backend() {
+    let out = engine().arg("doctor").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for section in ["== CPU", "== CUDA", "== ROCm"] {
+        assert!(text.contains(section), "{text}");
+    }
+    assert!(text.contains("threads by default"), "{text}");
+}

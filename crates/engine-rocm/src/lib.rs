@@ -48,6 +48,29 @@ pub struct DeviceInfo {
     pub memory: MemoryFacts,
 }
 
+/// Why [`open`] failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpenError {
+    /// The model does not fit the GPU's memory (checked before anything is allocated).
+    Memory(String),
+    /// ROCm, the device, its target or the kernels are not usable.
+    Device(String),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Memory(s) | OpenError::Device(s) => f.write_str(s),
+        }
+    }
+}
+
+impl From<String> for OpenError {
+    fn from(s: String) -> OpenError {
+        OpenError::Device(s)
+    }
+}
+
 /// Why ROCm cannot be used, in words for the user.
 pub fn unavailable_reason() -> Option<String> {
     let hip = match Hip::get() {
@@ -157,6 +180,25 @@ pub fn compile(target: &str) -> Result<Vec<u8>, String> {
     hiprtc::Hiprtc::load()?.compile(&src, gfx)
 }
 
+/// The code-object cache key: the expanded source, the target the runtime loads code for
+/// (the override's when one is in effect), hiprtc's and the runtime's versions, and the
+/// compiler options.
+pub fn cache_key(
+    src: &str,
+    target: Gfx,
+    rtc_version: Option<(i32, i32)>,
+    runtime_version: i32,
+) -> CacheKey {
+    CacheKey {
+        source_hash: engine_gpu::source::hash(src),
+        target: target.to_string(),
+        toolchain: format!(
+            "hiprtc {rtc_version:?} / HIP runtime {runtime_version} / {}",
+            hiprtc::options(target).join(" ")
+        ),
+    }
+}
+
 /// Opens device `ordinal` for a model needing `need` bytes (when known): checks the target,
 /// places memory per `choice` (refusing up front when the model cannot fit), and loads the
 /// kernels compiled for the target (or read from `cache`).
@@ -165,7 +207,7 @@ pub fn open(
     cache: &CodeCache,
     choice: Choice,
     need: Option<u64>,
-) -> Result<GpuBackend, String> {
+) -> Result<GpuBackend, OpenError> {
     let devices = probe()?;
     let info = devices.get(ordinal).ok_or_else(|| {
         format!(
@@ -181,29 +223,26 @@ pub fn open(
         )
     })?;
     if let Some(why) = target.unsupported_reason() {
-        return Err(why);
+        return Err(why.into());
     }
     if let Some(w) = info.wave_size.filter(|&w| w != target.wave_size()) {
         return Err(format!(
             "{} runs wavefronts of {w} lanes but the kernels for {target} are built for {}",
             info.name,
             target.wave_size()
-        ));
+        )
+        .into());
     }
-    let placement = memory::place(&info.memory, need, choice)?;
+    let placement = memory::place(&info.memory, need, choice).map_err(OpenError::Memory)?;
     let hip = Hip::get()?;
     let src = engine_gpu::source::program()?;
     let rtc = hiprtc::Hiprtc::load();
-    let key = CacheKey {
-        source_hash: engine_gpu::source::hash(&src),
-        target: target.to_string(),
-        toolchain: format!(
-            "hiprtc {:?} / HIP runtime {} / {}",
-            rtc.as_ref().map(|r| r.version()).ok(),
-            hip.version(),
-            hiprtc::options(target).join(" ")
-        ),
-    };
+    let key = cache_key(
+        &src,
+        target,
+        rtc.as_ref().map(|r| r.version()).ok(),
+        hip.version(),
+    );
     let (code, _cached) = cache.get_or_compile(&key, "hsaco", || {
         rtc.as_ref().map_err(|e| e.clone())?.compile(&src, target)
     })?;
@@ -226,7 +265,7 @@ pub fn open(
         describe,
     )
     .map_err(|e| e.to_string())?;
-    GpuBackend::new(Arc::new(drv)).map_err(|e| e.to_string())
+    Ok(GpuBackend::new(Arc::new(drv)).map_err(|e| e.to_string())?)
 }
 
 /// What `engine doctor` prints about ROCm and AMD GPUs: the runtime and compiler found (or
@@ -323,6 +362,42 @@ pub fn report() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_objects_are_cached_per_target_and_toolchain() {
+        let dir = std::env::temp_dir().join(format!("engine-rocm-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cache = CodeCache::new(&dir);
+        let src = engine_gpu::source::program().unwrap();
+        let hw = Gfx::parse("gfx1103").unwrap();
+        let key = cache_key(&src, hw, Some((6, 4)), 60_443_483);
+        let mut compiles = 0;
+        for _ in 0..2 {
+            let (code, _) = cache
+                .get_or_compile::<()>(&key, "hsaco", || {
+                    compiles += 1;
+                    Ok(b"\x7fELF gfx1103 object".to_vec())
+                })
+                .unwrap();
+            assert_eq!(code, b"\x7fELF gfx1103 object");
+        }
+        assert_eq!(compiles, 1, "the second open reads the cache");
+        // an override presents the GPU as another target: another object
+        let arch = ArchInfo::new(Some(hw), Some("11.0.0"));
+        let over = cache_key(&src, arch.effective().unwrap(), Some((6, 4)), 60_443_483);
+        assert_ne!(over.file_name("hsaco"), key.file_name("hsaco"));
+        assert!(over.file_name("hsaco").starts_with("gfx1100-"));
+        // a ROCm update (runtime or compiler) never loads the old object
+        for other in [
+            cache_key(&src, hw, Some((6, 4)), 70_000_000),
+            cache_key(&src, hw, Some((7, 0)), 60_443_483),
+            cache_key(&format!("{src}\n"), hw, Some((6, 4)), 60_443_483),
+        ] {
+            assert_ne!(other.file_name("hsaco"), key.file_name("hsaco"));
+            assert!(cache.load(&other, "hsaco").is_none());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn visible_devices_map_ordinals() {

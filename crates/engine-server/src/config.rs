@@ -194,6 +194,8 @@ pub struct FileConfig {
     pub no_mmap: Option<bool>,
     /// `--device`
     pub device: Option<String>,
+    /// `--gpu-memory`
+    pub gpu_memory: Option<String>,
     /// `--host`
     pub host: Option<String>,
     /// `--port`

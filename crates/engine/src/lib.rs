@@ -46,6 +46,8 @@ pub mod stop;
 
 pub use engine_core::DType;
 pub use engine_models::{Batch, Context, ContextOptions, ModelInfo};
+/// Where a GPU backend puts the model (`--gpu-memory auto|device|host`).
+pub use engine_rocm::memory::Choice as GpuMemory;
 pub use engine_tokenizer::{StreamDecoder, Tokenizer};
 pub use error::{Error, Result};
 pub use model::{

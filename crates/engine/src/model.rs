@@ -26,13 +26,17 @@ pub enum Device {
     Cpu,
     /// An NVIDIA GPU (ordinal), through the CUDA driver loaded at run time.
     Cuda(usize),
+    /// An AMD GPU (HIP ordinal), through the HIP runtime loaded at run time.
+    Rocm(usize),
 }
 
 impl Device {
-    /// `auto`: the first CUDA GPU when one is usable, else the CPU.
+    /// `auto`: the first CUDA GPU when one is usable, else the first ROCm GPU, else the CPU.
     pub fn auto() -> Device {
         if engine_cuda::unavailable_reason().is_none() {
             Device::Cuda(0)
+        } else if engine_rocm::unavailable_reason().is_none() {
+            Device::Rocm(0)
         } else {
             Device::Cpu
         }
@@ -44,6 +48,7 @@ impl std::fmt::Display for Device {
         match self {
             Device::Cpu => write!(f, "cpu"),
             Device::Cuda(i) => write!(f, "cuda:{i}"),
+            Device::Rocm(i) => write!(f, "rocm:{i}"),
         }
     }
 }
@@ -67,11 +72,16 @@ impl std::str::FromStr for Device {
                 None => Ok(Device::Cuda(ordinal)),
                 Some(why) => Err(Error::Options(why)),
             },
-            "rocm" | "hip" | "hailo" => Err(Error::Options(format!(
-                "device '{s}' is not available in this build of the engine (cpu and cuda are)"
+            "rocm" | "hip" => match engine_rocm::unavailable_reason() {
+                None => Ok(Device::Rocm(ordinal)),
+                Some(why) => Err(Error::Options(why)),
+            },
+            "hailo" => Err(Error::Options(format!(
+                "device '{s}' runs whole models, not tensors: serve a HEF model from the store \
+                 (engine pull, engine serve), not --device"
             ))),
             _ => Err(Error::Options(format!(
-                "unknown device '{s}' (expected auto, cpu or cuda[:N])"
+                "unknown device '{s}' (expected auto, cpu, cuda[:N] or rocm[:N])"
             ))),
         }
     }
@@ -96,6 +106,9 @@ pub struct LoadOptions {
     pub check_memory: bool,
     /// Device to run on.
     pub device: Device,
+    /// Where a GPU puts the model: device memory, or on an APU GPU-mapped system memory
+    /// (ROCm; CUDA always uses device memory).
+    pub gpu_memory: crate::GpuMemory,
     /// Let the backend expand weights whose unpacking is slower than their memory saving
     /// into a faster layout with the same values (the CPU backend: Q5_0 as 8-bit blocks,
     /// bit-identical results, about 1.5x the memory for those tensors).
@@ -113,6 +126,7 @@ impl Default for LoadOptions {
             mmap: true,
             check_memory: true,
             device: Device::Cpu,
+            gpu_memory: crate::GpuMemory::Auto,
             repack: true,
         }
     }
@@ -200,6 +214,26 @@ impl Model {
                 let cache = engine_gpu::cache::CodeCache::default_for("cuda");
                 Arc::new(engine_cuda::open(*i, &cache).map_err(Error::Options)?)
             }
+            (None, Device::Rocm(i)) => {
+                // Counted before anything is allocated, against the pool the model goes to
+                // (on an APU that may be GTT, not the carve-out).
+                let need = if opts.check_memory {
+                    let plain = LoadOptions {
+                        repack: false,
+                        ..opts.clone()
+                    };
+                    Some(crate::memory::estimate(path, &plain)?.0.total())
+                } else {
+                    None
+                };
+                let cache = engine_gpu::cache::CodeCache::default_for("rocm");
+                Arc::new(
+                    engine_rocm::open(*i, &cache, opts.gpu_memory, need).map_err(|e| match e {
+                        engine_rocm::OpenError::Memory(m) => Error::Memory(m),
+                        engine_rocm::OpenError::Device(m) => Error::Options(m),
+                    })?,
+                )
+            }
         };
         // The architecture first: an unsupported model fails on that, not on its tokenizer.
         let model = engine_models::load(&gguf, backend.clone())?;
@@ -223,7 +257,8 @@ impl Model {
             n_batch: opts.n_batch.min(n_ctx.max(1)),
             kv_type: opts.kv_type,
         };
-        if opts.check_memory {
+        // ROCm placed the model against its own pools above.
+        if opts.check_memory && !matches!(opts.device, Device::Rocm(_)) {
             if let Some(avail) = crate::memory::available_memory() {
                 let est = model.memory_estimate(&ctx_opts);
                 crate::memory::check(

@@ -55,9 +55,14 @@ pub struct BenchArgs {
     /// KV cache type for values (must equal the key type).
     #[arg(long = "cache-type-v", visible_alias = "ctv", default_value = "f16")]
     pub cache_type_v: String,
-    /// Device: auto (the first CUDA GPU when one is usable, else the CPU), cpu, cuda[:N].
+    /// Device: auto (the first usable CUDA GPU, else ROCm GPU, else the CPU), cpu, cuda[:N],
+    /// rocm[:N].
     #[arg(long = "device", default_value = "auto")]
     pub device: String,
+    /// Where a GPU puts the model: auto (device memory; on an AMD APU whichever of the BIOS
+    /// carve-out and GTT holds it), device, or host (GPU-mapped system memory).
+    #[arg(long = "gpu-memory", default_value = "auto")]
+    pub gpu_memory: String,
     /// Keep weights in their file format (no load-time repacking).
     #[arg(long = "no-repack")]
     pub no_repack: bool,
@@ -415,6 +420,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     n_batch: ub.min(max_ctx),
                     kv_type: kv,
                     device: a.device.parse()?,
+                    gpu_memory: super::parse_gpu_memory(&a.gpu_memory)?,
                     repack: !a.no_repack,
                     ..Default::default()
                 };

@@ -77,6 +77,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             threads,
             n_ctx: 4096,
             device: a.device.parse()?,
+            gpu_memory: super::parse_gpu_memory(&a.gpu_memory)?,
             ..Default::default()
         };
         let model =

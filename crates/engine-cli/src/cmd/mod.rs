@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_spec;
+pub mod doctor;
 pub mod inspect;
 pub mod logits;
 pub mod perplexity;
@@ -46,9 +47,14 @@ pub struct ModelArgs {
     /// tensors, slower generation; results are identical).
     #[arg(long = "no-repack")]
     pub no_repack: bool,
-    /// Device: auto (the first CUDA GPU when one is usable, else the CPU), cpu, cuda[:N].
+    /// Device: auto (the first usable CUDA GPU, else ROCm GPU, else the CPU), cpu, cuda[:N],
+    /// rocm[:N].
     #[arg(long = "device", default_value = "auto")]
     pub device: String,
+    /// Where a GPU puts the model: auto (device memory; on an AMD APU whichever of the BIOS
+    /// carve-out and GTT holds it), device, or host (GPU-mapped system memory).
+    #[arg(long = "gpu-memory", default_value = "auto")]
+    pub gpu_memory: String,
 }
 
 impl ModelArgs {
@@ -67,6 +73,7 @@ impl ModelArgs {
             kv_type: kv,
             mmap: !self.no_mmap,
             device: self.device.parse()?,
+            gpu_memory: parse_gpu_memory(&self.gpu_memory)?,
             repack: !self.no_repack,
             ..Default::default()
         })
@@ -78,6 +85,10 @@ impl ModelArgs {
         let opts = self.load_options()?;
         Model::load(&path, &opts).with_context(|| format!("cannot load {}", path.display()))
     }
+}
+
+pub fn parse_gpu_memory(s: &str) -> Result<engine::GpuMemory> {
+    s.parse().map_err(anyhow::Error::msg)
 }
 
 pub fn parse_kv_type(s: &str) -> Result<DType> {

@@ -73,9 +73,14 @@ pub struct ServeArgs {
     /// Read the file into memory instead of memory-mapping it.
     #[arg(long = "no-mmap")]
     pub no_mmap: bool,
-    /// Device: auto (the first CUDA GPU when one is usable, else the CPU), cpu, cuda[:N].
+    /// Device: auto (the first usable CUDA GPU, else ROCm GPU, else the CPU), cpu, cuda[:N],
+    /// rocm[:N].
     #[arg(long = "device")]
     pub device: Option<String>,
+    /// Where a GPU puts the model: auto (device memory; on an AMD APU whichever of the BIOS
+    /// carve-out and GTT holds it), device, or host (GPU-mapped system memory).
+    #[arg(long = "gpu-memory")]
+    pub gpu_memory: Option<String>,
     /// Address to listen on [default: 127.0.0.1].
     #[arg(long = "host")]
     pub host: Option<String>,
@@ -273,6 +278,12 @@ pub fn config(a: ServeArgs) -> Result<ServerConfig> {
         kv_type: kv,
         mmap: !(a.no_mmap || f.no_mmap.unwrap_or(false)),
         device: device.parse()?,
+        gpu_memory: super::parse_gpu_memory(
+            a.gpu_memory
+                .as_deref()
+                .or(f.gpu_memory.as_deref())
+                .unwrap_or("auto"),
+        )?,
         ..Default::default()
     };
     let host = a
