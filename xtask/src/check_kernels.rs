@@ -45,6 +45,16 @@ fn find_nvrtc(root: &Path) -> Option<PathBuf> {
     None
 }
 
+/// The kernel translation units (`kernels/cuda/*.cu`), sorted.
+pub fn kernel_units(repo: &Path) -> Result<Vec<PathBuf>> {
+    let mut units: Vec<PathBuf> = std::fs::read_dir(repo.join("kernels/cuda"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "cu"))
+        .collect();
+    units.sort();
+    Ok(units)
+}
+
 pub fn run(repo: &Path) -> Result<()> {
     let venv = repo.join(".cache/cuda-venv");
     if !venv.join("bin/pip").is_file() {
@@ -63,12 +73,7 @@ pub fn run(repo: &Path) -> Result<()> {
     let nvcc = root.join("bin/nvcc");
     let out = std::env::temp_dir().join(format!("engine-cubins-{}", std::process::id()));
     std::fs::create_dir_all(&out)?;
-    let kdir = repo.join("kernels/cuda");
-    let mut units: Vec<PathBuf> = std::fs::read_dir(&kdir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "cu"))
-        .collect();
-    units.sort();
+    let units = kernel_units(repo)?;
     for u in &units {
         for t in TARGETS {
             let stem = u.file_stem().unwrap().to_string_lossy();

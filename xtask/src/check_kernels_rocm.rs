@@ -14,7 +14,7 @@
 //!
 //! Installs the packages with apt when missing (as root, like `test-aarch64`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -119,11 +119,7 @@ pub fn run(repo: &Path) -> Result<()> {
     let out = std::env::temp_dir().join(format!("engine-hsaco-{}", std::process::id()));
     std::fs::create_dir_all(&out)?;
     let kdir = repo.join("kernels/cuda");
-    let mut units: Vec<PathBuf> = std::fs::read_dir(&kdir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "cu"))
-        .collect();
-    units.sort();
+    let units = crate::check_kernels::kernel_units(repo)?;
     for u in &units {
         for (t, wave) in TARGETS {
             let stem = u.file_stem().unwrap().to_string_lossy();

@@ -246,10 +246,14 @@ pub fn open(
     let (code, _cached) = cache.get_or_compile(&key, "hsaco", || {
         rtc.as_ref().map_err(|e| e.clone())?.compile(&src, target)
     })?;
+    let shown = match (info.arch.hardware, info.arch.override_to) {
+        (Some(hw), Some(o)) if hw != o => format!("{hw} as {o} via HSA_OVERRIDE_GFX_VERSION"),
+        _ => target.to_string(),
+    };
     let describe = format!(
         "ROCm {} ({}{}, {}: {} free; {})",
         info.name,
-        target,
+        shown,
         info.compute_units
             .map_or(String::new(), |c| format!(", {c} CUs")),
         placement.pool,
