@@ -66,6 +66,9 @@ fn device_libs(dir: &Path) -> Result<()> {
     for e in std::fs::read_dir(BITCODE)? {
         let e = e?;
         let link = dir.join(e.file_name());
+        if link.symlink_metadata().is_ok() && !link.exists() {
+            std::fs::remove_file(&link)?; // a dangling link from an older install
+        }
         if !link.exists() {
             std::os::unix::fs::symlink(e.path(), &link)?;
         }
