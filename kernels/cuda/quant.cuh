@@ -169,15 +169,23 @@ EG_FN void eg_scale_min_k4(int j, const u8* q, int* sc, int* mn) {
     }
 }
 
+// Q4_K and Q5_K: the scale and minimum of 16-element chunk c (sub-block 2j + hi), from
+// d, dmin and the 6-bit packed scales at b + 4.
+EG_FN void eg_k4_chunk_scale(const u8* b, int c, float* dl, float* ml) {
+    const int j = c / 4, hi = (c % 4) / 2;
+    int sc, mn;
+    eg_scale_min_k4(2 * j + hi, b + 4, &sc, &mn);
+    *dl = eg_rd_f16(b) * (float)sc;
+    *ml = eg_rd_f16(b + 2) * (float)mn;
+}
+
 // Q4_K (144): d, dmin, scales[12], qs[128]; 64-element groups, low nibbles then high.
 struct FmtQ4_K {
     static const int QK = 256, BYTES = 144;
     EG_FN static void decode16(const u8* b, int c, float* y) {
-        const float d = eg_rd_f16(b), dmin = eg_rd_f16(b + 2);
         const int j = c / 4, hi = (c % 4) / 2, part = c % 2;
-        int sc, mn;
-        eg_scale_min_k4(2 * j + hi, b + 4, &sc, &mn);
-        const float dl = d * (float)sc, ml = dmin * (float)mn;
+        float dl, ml;
+        eg_k4_chunk_scale(b, c, &dl, &ml);
         const u8* q = b + 16 + 32 * j + 16 * part;
         const int sh = 4 * hi;
         for (int l = 0; l < 16; l++) y[l] = dl * (float)((q[l] >> sh) & 15) - ml;
@@ -188,11 +196,9 @@ struct FmtQ4_K {
 struct FmtQ5_K {
     static const int QK = 256, BYTES = 176;
     EG_FN static void decode16(const u8* b, int c, float* y) {
-        const float d = eg_rd_f16(b), dmin = eg_rd_f16(b + 2);
         const int j = c / 4, hi = (c % 4) / 2, part = c % 2;
-        int sc, mn;
-        eg_scale_min_k4(2 * j + hi, b + 4, &sc, &mn);
-        const float dl = d * (float)sc, ml = dmin * (float)mn;
+        float dl, ml;
+        eg_k4_chunk_scale(b, c, &dl, &ml);
         const u8* ql = b + 48 + 32 * j + 16 * part;
         const u8* qh = b + 16 + 16 * part;
         const u8 u = (u8)(1u << (2 * j + hi));
