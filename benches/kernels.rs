@@ -5,6 +5,8 @@
 //!   detected instruction set's pair routine; throughput in weight bytes.
 //! * `gemm/TYPE`: 64 activation rows against 64 weight rows (a prefill tile), through the
 //!   routine the matmul driver picks for a 64-row batch; throughput in multiply-adds.
+//! * `gemm-decode4/TYPE`: 4 activation rows against the 512 gemv rows (a decode step of four
+//!   sequences, or a short speculative verification); throughput in multiply-adds.
 //! * `scalar-gemv/TYPE`: the portable reference on the same data, for the SIMD speed-up.
 //! * `act/TYPE`: converting one f32 row of 2048 to an activation format.
 //!
@@ -20,6 +22,8 @@ const K: usize = 2048;
 const GEMV_ROWS: usize = 512;
 const GEMM_ROWS: usize = 64;
 const GEMM_COLS: usize = 64;
+/// Columns of a decode batch (four parallel sequences, or a speculative verification).
+const DECODE_COLS: usize = 4;
 
 const TYPES: &[DType] = &[
     DType::F16,
@@ -65,6 +69,38 @@ fn gemv(kern: &Kernel, w: &[u8], a: &[u8], out: &mut [f32]) {
     }
 }
 
+/// `out[c * rows + r] = dot(w row r, a row c)` through the routine the matmul driver picks
+/// for a batch of `cols` rows.
+fn gemm(
+    kern: &Kernel,
+    w: &[u8],
+    rows: usize,
+    a: &[u8],
+    a_row: usize,
+    cols: usize,
+    out: &mut [f32],
+) {
+    assert!(out.len() >= rows * cols && a.len() >= a_row * cols);
+    let routine = kern.select(rows, cols, 0);
+    let w_row = w.len() / rows;
+    match routine.gemm {
+        // SAFETY: `out` holds `cols` columns of `rows` (ldo = rows), `a` `cols` rows of
+        // `a_row` bytes, `w` `rows` weight rows of K (asserted above).
+        Some(gemm) => unsafe { gemm(K, w, rows, a, a_row, cols, out.as_mut_ptr(), rows) },
+        None => {
+            for j in 0..cols {
+                for r in 0..rows {
+                    out[j * rows + r] = (routine.dot)(
+                        K,
+                        &w[r * w_row..(r + 1) * w_row],
+                        &a[j * a_row..(j + 1) * a_row],
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn bench_kernels(c: &mut Criterion) {
     let isa = Isa::detect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -94,39 +130,18 @@ fn bench_kernels(c: &mut Criterion) {
         });
         g.finish();
 
-        let routine = kern.select(GEMM_ROWS, GEMM_COLS, 0);
         let w_tile = &w[..t.row_bytes(K).unwrap() * GEMM_ROWS];
         let mut g = c.benchmark_group("gemm");
         g.throughput(Throughput::Elements((GEMM_ROWS * GEMM_COLS * K) as u64));
         g.bench_function(BenchmarkId::new(kern.isa, t), |b| {
-            b.iter(|| match routine.gemm {
-                // SAFETY: `out` holds GEMM_COLS columns of GEMM_ROWS (ldo = GEMM_ROWS), `a`
-                // GEMM_COLS rows of `a_row` bytes, `w_tile` GEMM_ROWS weight rows of K.
-                Some(gemm) => unsafe {
-                    gemm(
-                        K,
-                        w_tile,
-                        GEMM_ROWS,
-                        &a,
-                        a_row,
-                        GEMM_COLS,
-                        out.as_mut_ptr(),
-                        GEMM_ROWS,
-                    )
-                },
-                None => {
-                    let w_row = w_tile.len() / GEMM_ROWS;
-                    for j in 0..GEMM_COLS {
-                        for r in 0..GEMM_ROWS {
-                            out[j * GEMM_ROWS + r] = (routine.dot)(
-                                K,
-                                &w_tile[r * w_row..(r + 1) * w_row],
-                                &a[j * a_row..(j + 1) * a_row],
-                            );
-                        }
-                    }
-                }
-            })
+            b.iter(|| gemm(&kern, w_tile, GEMM_ROWS, &a, a_row, GEMM_COLS, &mut out))
+        });
+        g.finish();
+
+        let mut g = c.benchmark_group("gemm-decode4");
+        g.throughput(Throughput::Elements((GEMV_ROWS * DECODE_COLS * K) as u64));
+        g.bench_function(BenchmarkId::new(kern.isa, t), |b| {
+            b.iter(|| gemm(&kern, &w, GEMV_ROWS, &a, a_row, DECODE_COLS, &mut out))
         });
         g.finish();
     }
