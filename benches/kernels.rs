@@ -7,6 +7,8 @@
 //!   routine the matmul driver picks for a 64-row batch; throughput in multiply-adds.
 //! * `gemm-decode4/TYPE`: 4 activation rows against the 512 gemv rows (a decode step of four
 //!   sequences, or a short speculative verification); throughput in multiply-adds.
+//! * `floor/avx2/Q8_0-pair-step`: the instruction-throughput floor of one Q8_0 block pair in
+//!   llama.cpp's arithmetic (operands in registers); multiply-adds per second.
 //! * `scalar-gemv/TYPE`: the portable reference on the same data, for the SIMD speed-up.
 //! * `act/TYPE`: converting one f32 row of 2048 to an activation format.
 //!
@@ -101,6 +103,46 @@ fn gemm(
     }
 }
 
+/// The arithmetic floor of a Q8_0 × Q8_0 block pair in llama.cpp's order (sign trick,
+/// `vpmaddubsw`, `vpmaddwd`, convert, scale, FMA), with every operand already in registers
+/// and four independent accumulators, so nothing but instruction throughput limits it. A
+/// many-column kernel cannot beat this per pair without changing the arithmetic (and so
+/// the results); compare its Gelem/s with `gemm-decode4/avx2/Q8_0`.
+#[cfg(target_arch = "x86_64")]
+mod floor {
+    use std::arch::x86_64::*;
+
+    pub const COLS: usize = 4;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn q8_0_pair_steps(iters: usize) -> f32 {
+        let mut w = _mm256_set1_epi8(3);
+        let ones = _mm256_set1_epi16(1);
+        let a: [__m256i; COLS] = std::array::from_fn(|c| _mm256_set1_epi8(c as i8 + 1));
+        let d: [__m256; COLS] = std::array::from_fn(|c| _mm256_set1_ps(0.001 * (c + 1) as f32));
+        let mut acc = [_mm256_setzero_ps(); COLS];
+        for _ in 0..iters {
+            let w_abs = _mm256_sign_epi8(w, w);
+            for c in 0..COLS {
+                let sy = _mm256_sign_epi8(a[c], w);
+                let s = _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, sy), ones);
+                acc[c] = _mm256_fmadd_ps(d[c], _mm256_cvtepi32_ps(s), acc[c]);
+            }
+            // a new weight block each iteration, as far as the compiler knows
+            w = std::hint::black_box(w);
+        }
+        let mut sum = [0f32; 8];
+        for v in acc {
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+            for (s, l) in sum.iter_mut().zip(lanes) {
+                *s += l;
+            }
+        }
+        sum.iter().sum()
+    }
+}
+
 fn bench_kernels(c: &mut Criterion) {
     let isa = Isa::detect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -142,6 +184,18 @@ fn bench_kernels(c: &mut Criterion) {
         g.throughput(Throughput::Elements((GEMV_ROWS * DECODE_COLS * K) as u64));
         g.bench_function(BenchmarkId::new(kern.isa, t), |b| {
             b.iter(|| gemm(&kern, &w, GEMV_ROWS, &a, a_row, DECODE_COLS, &mut out))
+        });
+        g.finish();
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        const ITERS: usize = 4096;
+        let mut g = c.benchmark_group("floor");
+        g.throughput(Throughput::Elements((ITERS * floor::COLS * 32) as u64));
+        g.bench_function("avx2/Q8_0-pair-step", |b| {
+            // SAFETY: Isa::Avx2 means avx2 and fma were detected.
+            b.iter(|| unsafe { floor::q8_0_pair_steps(ITERS) })
         });
         g.finish();
     }
