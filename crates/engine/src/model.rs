@@ -849,7 +849,7 @@ impl<'m> Session<'m> {
                 self.batch.push(pending, pos as u32, 0, true);
                 let t = Instant::now();
                 inner.forward(&mut self.ctx, &self.batch, &mut self.logits)?;
-                cost.observe_pass(1, t.elapsed().as_secs_f64());
+                cost.observe_pass(1, t.elapsed().as_secs_f64(), true);
                 pos += 1;
                 let lp = lp_of(&self.logits[..n_vocab], &mut self.scratch);
                 let id = sampler.sample(&self.logits[..n_vocab]);
@@ -869,7 +869,7 @@ impl<'m> Session<'m> {
             self.batch.push_verify(&evaluated, pos as u32, 0);
             let t = Instant::now();
             inner.forward(&mut self.ctx, &self.batch, &mut rows)?;
-            cost.observe_pass(evaluated.len(), t.elapsed().as_secs_f64());
+            cost.observe_pass(evaluated.len(), t.elapsed().as_secs_f64(), false);
             chosen.clear();
             let k = draft.len();
             let a = verify(sampler, &rows, n_vocab, &draft, &mut vs, &mut chosen);

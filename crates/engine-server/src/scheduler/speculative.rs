@@ -194,9 +194,13 @@ impl Speculation {
 
     /// Drafts for this step's sequences (every other slot's draft is cleared). Token ids
     /// outside `n_vocab` end a draft; drafts shorter than `--draft-min` are dropped.
+    /// No sequence drafts on a step where the cost model needs a plain pass timed.
     pub fn draft(&mut self, plans: &[Plan<'_>], n_vocab: usize) {
         for d in &mut self.drafts {
             d.clear();
+        }
+        if self.cost.needs_plain_step() {
+            return;
         }
         let mut reqs = Vec::with_capacity(plans.len());
         for p in plans {
@@ -277,7 +281,8 @@ impl Speculation {
     /// Records a forward pass of decoding rows only (one-token steps and verifications of
     /// `rows` rows in all) that took `secs`: the cost model's data.
     pub fn observe_pass(&mut self, rows: usize, secs: f64) {
-        self.cost.observe_pass(rows, secs);
+        let plain = self.drafts.iter().all(Draft::is_empty);
+        self.cost.observe_pass(rows, secs, plain);
     }
 
     /// The longest draft asked for (sizes the step's batch).

@@ -374,6 +374,8 @@ pub struct CostModel {
     sy: f64,
     sxx: f64,
     sxy: f64,
+    // weighted count of plain (draft-free) passes
+    w_plain: f64,
     // weighted drafting time and drafted tokens
     draft_secs: f64,
     draft_tokens: f64,
@@ -381,6 +383,9 @@ pub struct CostModel {
 
 /// Weight each older observation keeps per new one.
 const COST_FORGET: f64 = 0.98;
+/// Weight of the plain passes seen below which they are too old to anchor the fit: a plain
+/// pass weighs 1 when seen and `COST_FORGET^n` after `n` more passes (below 0.25 after 69).
+const PLAIN_STALE: f64 = 0.25;
 
 impl CostModel {
     /// A model starting from `prior_draft` (the drafter's [`Drafter::relative_cost`]).
@@ -393,18 +398,20 @@ impl CostModel {
             sy: 0.0,
             sxx: 0.0,
             sxy: 0.0,
+            w_plain: 0.0,
             draft_secs: 0.0,
             draft_tokens: 0.0,
         }
     }
 
-    /// Records a forward pass of `rows` rows (one-token steps or verifications) that took
-    /// `secs`.
-    pub fn observe_pass(&mut self, rows: usize, secs: f64) {
+    /// Records a forward pass of `rows` rows that took `secs`; `plain` when no row of it
+    /// verified a draft (one-token steps only).
+    pub fn observe_pass(&mut self, rows: usize, secs: f64, plain: bool) {
         if rows == 0 || !secs.is_finite() || secs <= 0.0 {
             return;
         }
         let (x, y) = (rows as f64, secs);
+        self.w_plain = self.w_plain * COST_FORGET + if plain { 1.0 } else { 0.0 };
         self.w = self.w * COST_FORGET + 1.0;
         self.sx = self.sx * COST_FORGET + x;
         self.sy = self.sy * COST_FORGET + y;
@@ -437,12 +444,16 @@ impl CostModel {
         (a + b > 0.0).then_some((a, b))
     }
 
-    /// True when every pass seen so far verified the same number of rows (more than one):
-    /// the costs cannot be separated until a plain one-token step is timed too. A
-    /// single-sequence loop then takes one plain step (a batch of several sequences varies
-    /// its rows by itself).
+    /// True when the next step should be plain (no drafts), to time one: when every pass
+    /// so far verified the same number of rows (the slope is unknown), or when the last
+    /// plain pass is too old. The fit extrapolates to the one-token step, and verifications
+    /// alone mislead it: on a CPU where one-token decoding waits on memory and several rows
+    /// on arithmetic, passes of 4 to 7 rows put the line's intercept far too low and made
+    /// every verified row look like 0.85 of a step, which then shrank every draft to one
+    /// token for good (seen in `engine serve`).
     pub fn needs_plain_step(&self) -> bool {
-        self.w >= 2.0 && self.sx / self.w > 1.5 && self.fit().is_none()
+        self.w >= 2.0
+            && (self.w_plain < PLAIN_STALE || (self.sx / self.w > 1.5 && self.fit().is_none()))
     }
 
     /// The time of a one-token step, if measured.
@@ -720,7 +731,7 @@ mod tests {
         assert_eq!(c.c_draft(), 0.2);
         // T(n) = 20 ms + 10 ms * n: a row costs 10 / 30 of a step
         for n in [1, 5, 1, 9, 3, 1, 7] {
-            c.observe_pass(n, 0.020 + 0.010 * n as f64);
+            c.observe_pass(n, 0.020 + 0.010 * n as f64, n == 1);
         }
         assert!((c.c_verify() - 1.0 / 3.0).abs() < 1e-6, "{}", c.c_verify());
         assert!((c.step_secs().unwrap() - 0.030).abs() < 1e-9);
@@ -729,12 +740,26 @@ mod tests {
         // passes of one size only: the slope stays unknown
         let mut same = CostModel::new(0.0);
         for _ in 0..10 {
-            same.observe_pass(5, 0.1);
+            same.observe_pass(5, 0.1, false);
         }
         assert_eq!(same.c_verify(), VERIFY_ROW_COST);
         assert!(same.needs_plain_step(), "a plain step separates the costs");
-        same.observe_pass(1, 0.04);
+        same.observe_pass(1, 0.04, true);
         assert!(!same.needs_plain_step());
+        // verifications of varied sizes fit a line, but without a recent plain pass its
+        // intercept is a guess: a plain step is asked for again
+        let mut varied = CostModel::new(0.0);
+        varied.observe_pass(1, 0.020, true);
+        for i in 0..200 {
+            // (the first passes are too few for a fit at all)
+            if i >= 3 {
+                assert_eq!(varied.needs_plain_step(), i >= 69, "pass {i}");
+            }
+            varied.observe_pass(4 + i % 4, 0.010 + 0.012 * (4 + i % 4) as f64, false);
+        }
+        assert!(varied.needs_plain_step());
+        varied.observe_pass(1, 0.020, true);
+        assert!(!varied.needs_plain_step());
     }
 
     fn one_hot_rows(ids: &[u32], n_vocab: usize) -> Vec<f32> {
