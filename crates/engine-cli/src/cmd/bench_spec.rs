@@ -13,11 +13,7 @@ use engine::{LoadOptions, Model};
 use super::bench::BenchArgs;
 
 /// The built-in prompt: a passage and the instruction to repeat it with two edits.
-pub const EDIT_PROMPT: &str = "The old lighthouse stood at the end of the northern pier, where the river met the sea. Every evening the keeper climbed the spiral stairs, trimmed the wick, and wound the clockwork that turned the great lens. Ships coming up the river watched for its beam through the fog, and fishermen setting out before dawn used it to find the channel between the sandbanks. In the winter storms the waves broke over the pier and the keeper stayed in the tower for days, writing in his logbook by the light of the lamp.
-
-Rewrite the text above, replacing \"lighthouse\" with \"beacon\" and \"keeper\" with \"warden\", and keep everything else exactly the same:
-
-The old beacon stood at the end of the northern pier,";
+pub const EDIT_PROMPT: &str = include_str!("../../../../benches/data/edit_prompt.txt");
 
 const MD_HEADER: &str = "| model | drafter | threads | test | plain t/s | speculative t/s | speedup | acceptance | drafted/pass | identical |\n| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | :---: |";
 
