@@ -813,11 +813,8 @@ impl<'m> Session<'m> {
         loop {
             // `hist`'s last token is chosen but not evaluated; it sits at `pos`
             let remaining = em.max_new - em.ids.len();
-            let k_max = if cost.needs_plain_step() {
-                0 // time a one-token step: the costs cannot be told apart without one
-            } else {
-                ctl.next(&cost).min(remaining.saturating_sub(1))
-            };
+            // 0 also when the cost model needs a one-token step timed
+            let k_max = ctl.next(&cost).min(remaining.saturating_sub(1));
             draft.clear();
             if k_max >= sp.draft_min.max(1) {
                 let req = DraftRequest {

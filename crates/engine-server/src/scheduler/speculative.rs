@@ -194,13 +194,9 @@ impl Speculation {
 
     /// Drafts for this step's sequences (every other slot's draft is cleared). Token ids
     /// outside `n_vocab` end a draft; drafts shorter than `--draft-min` are dropped.
-    /// No sequence drafts on a step where the cost model needs a plain pass timed.
     pub fn draft(&mut self, plans: &[Plan<'_>], n_vocab: usize) {
         for d in &mut self.drafts {
             d.clear();
-        }
-        if self.cost.needs_plain_step() {
-            return;
         }
         let mut reqs = Vec::with_capacity(plans.len());
         for p in plans {

@@ -291,7 +291,11 @@ impl AdaptiveLength {
     }
 
     /// The draft length to ask for next (0: decode this step plainly), given the costs.
+    /// 0 whenever the cost model needs a plain step timed ([`CostModel::needs_plain_step`]).
     pub fn next(&mut self, cost: &CostModel) -> usize {
+        if cost.needs_plain_step() {
+            return 0;
+        }
         if !self.adaptive {
             return self.max;
         }
