@@ -11,6 +11,7 @@
 
 #![allow(clippy::missing_safety_doc)]
 
+mod float;
 mod formats;
 mod tile;
 
@@ -64,6 +65,28 @@ unsafe fn dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
     s
 }
 
+/// Float weights against many columns: one column through the block driver (a GEMV that
+/// waits on memory), several through [`float::gemm`]'s chain-by-chain tiles; a row length
+/// that is not whole blocks always through the latter, which adds the tail as `dot_*` does.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemm_float<F: BlockDot, E: float::FloatFormat>(
+    k: usize,
+    w: &[u8],
+    nr: usize,
+    a: &[u8],
+    a_row: usize,
+    nc: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    if nc == 1 && k.is_multiple_of(F::QK) {
+        tile::gemm::<F>(k, w, nr, a, a_row, nc, out, ldo)
+    } else {
+        float::gemm::<E>(k, w, nr, a, a_row, nc, out, ldo)
+    }
+}
+
 /// The routine (pair and many-row) for format `F`.
 macro_rules! routine {
     ($f:ty) => {{
@@ -89,7 +112,7 @@ pub fn routine(w: DType) -> Option<Routine> {
             }
             Routine {
                 dot,
-                gemm: Some(gemm_blocks::<F32> as GemmFn),
+                gemm: Some(gemm_float::<F32, float::Single> as GemmFn),
             }
         }
         DType::F16 => {
@@ -99,7 +122,7 @@ pub fn routine(w: DType) -> Option<Routine> {
             }
             Routine {
                 dot,
-                gemm: Some(gemm_blocks::<F16> as GemmFn),
+                gemm: Some(gemm_float::<F16, float::Half> as GemmFn),
             }
         }
         DType::Q8_0 => routine!(Q0<Q8_0>),
