@@ -810,6 +810,7 @@ impl<'m> Session<'m> {
             return Ok((r, stats));
         }
         let mut pos = prompt_ids.len();
+        let mut warm = false;
         loop {
             // `hist`'s last token is chosen but not evaluated; it sits at `pos`
             let remaining = em.max_new - em.ids.len();
@@ -823,12 +824,19 @@ impl<'m> Session<'m> {
                     max: k_max,
                     sampling: &params.sampling,
                 };
+                if !warm {
+                    // a failure shows again in the timed call below, which falls back
+                    let _ = drafter.warm_up(&req);
+                    warm = true;
+                }
                 let t = Instant::now();
                 if drafter.draft(&req, &mut draft).is_err() {
                     stats.fallbacks += 1;
                     draft.clear();
                 }
-                cost.observe_draft(draft.len(), t.elapsed().as_secs_f64());
+                if draft.steady() {
+                    cost.observe_draft(draft.len(), t.elapsed().as_secs_f64());
+                }
                 let valid = draft
                     .tokens
                     .iter()

@@ -155,6 +155,8 @@ pub struct Speculation {
     kind: DrafterKind,
     params: SpecParams,
     ctl: Vec<AdaptiveLength>,
+    /// Whether the drafter has caught up with each slot's sequence ([`Drafter::warm_up`]).
+    warm: Vec<bool>,
     cost: CostModel,
     drafts: Vec<Draft>,
     scratch: VerifyScratch,
@@ -175,6 +177,7 @@ impl Speculation {
         Speculation {
             kind: drafter.kind(),
             ctl: (0..n_seq).map(|_| AdaptiveLength::new(&params)).collect(),
+            warm: vec![false; n_seq],
             cost: CostModel::new(drafter.relative_cost()),
             drafts: (0..n_seq).map(|_| Draft::default()).collect(),
             drafter,
@@ -216,11 +219,20 @@ impl Speculation {
         if reqs.is_empty() {
             return;
         }
+        for r in &reqs {
+            if !self.warm[r.seq] {
+                // untimed catch-up with a new sequence; a failure shows again below
+                let _ = self.drafter.warm_up(r);
+                self.warm[r.seq] = true;
+            }
+        }
         let mut outs: Vec<Draft> = reqs.iter().map(|_| Draft::default()).collect();
         let t = std::time::Instant::now();
         let results = self.drafter.draft_many(&reqs, &mut outs);
         let drafted: usize = outs.iter().map(Draft::len).sum();
-        self.cost.observe_draft(drafted, t.elapsed().as_secs_f64());
+        if outs.iter().all(Draft::steady) {
+            self.cost.observe_draft(drafted, t.elapsed().as_secs_f64());
+        }
         let mut failed = 0;
         for ((r, mut d), res) in reqs.iter().zip(outs).zip(results) {
             if res.is_err() {
@@ -326,6 +338,7 @@ impl Speculation {
     /// Slot `slot` got a new request: forget its acceptance history and tell the drafter.
     pub fn reset(&mut self, slot: usize) {
         self.ctl[slot] = AdaptiveLength::new(&self.params);
+        self.warm[slot] = false;
         self.drafts[slot].clear();
         self.drafter.release(slot);
     }

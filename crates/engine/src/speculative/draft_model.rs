@@ -91,7 +91,7 @@ impl ModelDrafter {
 
     /// Brings slot `s`'s cache to `history` minus its last token and queues that last
     /// token (and anything else missing) in the batch, its logits requested.
-    fn catch_up(&mut self, s: usize, history: &[u32]) -> Result<()> {
+    fn catch_up(&mut self, s: usize, history: &[u32]) -> Result<usize> {
         let slot = &mut self.slots[s];
         let mut lcp = slot
             .cached
@@ -113,7 +113,7 @@ impl ModelDrafter {
         slot.cached.extend_from_slice(&history[lcp..]);
         self.batch
             .push_seq(&history[lcp..], lcp as u32, s as u32, false);
-        Ok(())
+        Ok(history.len() - lcp)
     }
 }
 
@@ -203,11 +203,14 @@ impl Drafter for ModelDrafter {
                 }
                 slot.checkpointed = false;
             }
-            if let Err(e) = self.catch_up(s, r.history) {
-                results[i] = Err(e);
-                self.ctx.clear_seq(s);
-                self.slots[s].cached.clear();
-                continue;
+            match self.catch_up(s, r.history) {
+                Ok(rows) => outs[i].caught_up = rows,
+                Err(e) => {
+                    results[i] = Err(e);
+                    self.ctx.clear_seq(s);
+                    self.slots[s].cached.clear();
+                    continue;
+                }
             }
             let slot = &mut self.slots[s];
             slot.active = true;

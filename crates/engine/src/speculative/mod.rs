@@ -67,6 +67,9 @@ pub struct Draft {
     /// probability)` pairs); empty when the tokens were chosen deterministically (then `q`
     /// is one-hot on each token).
     pub probs: Vec<Vec<(u32, f32)>>,
+    /// Tokens of the sequence the drafter evaluated before drafting (a draft model
+    /// catching up); 0 for drafters that evaluate nothing.
+    pub caught_up: usize,
 }
 
 impl Draft {
@@ -74,6 +77,17 @@ impl Draft {
     pub fn clear(&mut self) {
         self.tokens.clear();
         self.probs.clear();
+        self.caught_up = 0;
+    }
+
+    /// Whether the drafting time of this draft shows what drafting costs while speculation
+    /// runs step after step: the drafter caught up by at most [`STEADY_CATCH_UP`] tokens.
+    /// A draft after plain steps also evaluated every token decoded meanwhile, a cost
+    /// consecutive drafting never pays; counting it made each drafted token look worth
+    /// several target steps, so drafting stopped, plain steps followed, and every later
+    /// probe caught up again.
+    pub fn steady(&self) -> bool {
+        self.caught_up <= STEADY_CATCH_UP
     }
 
     /// Number of drafted tokens.
@@ -92,6 +106,10 @@ impl Draft {
         self.probs.truncate(n);
     }
 }
+
+/// Tokens a drafter catches up with between consecutive drafts: the last drafted token it
+/// proposed but did not evaluate, and the target's own token after it.
+pub const STEADY_CATCH_UP: usize = 2;
 
 /// What a drafter is asked for.
 #[derive(Clone, Copy, Debug)]
@@ -117,6 +135,15 @@ pub trait Drafter: Send {
     /// Proposing nothing is always allowed (the step then decodes plainly). An error means
     /// the drafter is unusable for this step; the caller falls back to plain decoding.
     fn draft(&mut self, req: &DraftRequest<'_>, out: &mut Draft) -> Result<()>;
+
+    /// Catches up with a new sequence's history (a draft model evaluates the prompt, a
+    /// remote drafter receives it) before drafting is timed: the first call's cost is a
+    /// prefill, not drafting, and counted as drafting it made one drafted token look worth
+    /// several target steps. The default drafts one token and drops it.
+    fn warm_up(&mut self, req: &DraftRequest<'_>) -> Result<()> {
+        let mut scratch = Draft::default();
+        self.draft(&DraftRequest { max: 1, ..*req }, &mut scratch)
+    }
 
     /// Drafts for several sequences at once (a drafter that can batch them overrides this).
     /// `outs[i]` receives the draft of `reqs[i]`; per-request errors are returned in order.
@@ -261,6 +288,11 @@ pub const MIN_GAIN: f64 = 1.05;
 /// every row; `examples/verify_cost.rs`), a memory-bound larger model much less.
 pub const VERIFY_ROW_COST: f64 = 0.3;
 
+/// Weighted count of drafts reaching a position below which the next step drafts one
+/// token past the best length, to measure it (with [`FORGET`], about one step in eight
+/// while the best length stays the same).
+const EXPLORE_BELOW: f64 = 0.5;
+
 /// How much of the acceptance evidence survives each verification (about the last 12
 /// verifications count).
 const FORGET: f64 = 0.92;
@@ -317,6 +349,13 @@ impl AdaptiveLength {
         if gain >= MIN_GAIN {
             self.idle = 0;
             self.probe_every = PROBE_EVERY;
+            // one token further when that position has gone unmeasured lately: its rate
+            // is otherwise only the prior, and a prior below the measured rates would keep
+            // the length from ever growing (a draft model accepted at 0.97 stayed at one
+            // token, because the second was assumed to pass at 0.8 and never tried)
+            if k < self.max && self.reached[k] < EXPLORE_BELOW {
+                return k + 1;
+            }
             return k;
         }
         self.idle += 1;
@@ -387,6 +426,11 @@ pub struct CostModel {
 
 /// Weight each older observation keeps per new one.
 const COST_FORGET: f64 = 0.98;
+/// Least variance of the passes' row counts for the fitted slope to be used: a few percent
+/// of passes of another size. (It was 0.25, which passes of one and two rows reach only
+/// when half of them are plain: one-token drafts then forced a plain step every other
+/// pass, and the draft model lost its gain.)
+const MIN_ROWS_VARIANCE: f64 = 0.02;
 /// Weight of the plain passes seen below which they are too old to anchor the fit: a plain
 /// pass weighs 1 when seen and `COST_FORGET^n` after `n` more passes (below 0.25 after 69).
 const PLAIN_STALE: f64 = 0.25;
@@ -439,8 +483,8 @@ impl CostModel {
         }
         let mean_x = self.sx / self.w;
         let var_x = self.sxx / self.w - mean_x * mean_x;
-        if var_x < 0.25 {
-            return None; // every pass the same size: the slope is unknown
+        if var_x < MIN_ROWS_VARIANCE {
+            return None; // (nearly) every pass the same size: the slope is unknown
         }
         let mean_y = self.sy / self.w;
         let b = (self.sxy / self.w - mean_x * mean_y) / var_x;
@@ -764,6 +808,47 @@ mod tests {
         assert!(varied.needs_plain_step());
         varied.observe_pass(1, 0.020, true);
         assert!(!varied.needs_plain_step());
+        // one-token drafts (passes of two rows) with a plain pass now and then: the slope
+        // is known without a plain step every other pass
+        let mut short = CostModel::new(0.0);
+        let mut plain = 0;
+        for i in 0..300 {
+            let rows = if short.needs_plain_step() { 1 } else { 2 };
+            plain += usize::from(rows == 1 && i >= 10);
+            short.observe_pass(rows, 0.040 + 0.005 * rows as f64, rows == 1);
+        }
+        assert!(plain < 15, "{plain} plain steps in 290 passes");
+        assert!((short.c_verify() - 0.005 / 0.045).abs() < 1e-6);
+    }
+
+    #[test]
+    fn draft_length_grows_past_an_unmeasured_position() {
+        // every drafted token accepted, rows cheap: starting from one-token drafts, the
+        // controller tries a longer draft whenever the next position has no recent
+        // evidence, and the measured acceptance then carries the length up
+        let p = SpecParams {
+            draft_max: 16,
+            ..SpecParams::default()
+        };
+        let mut a = AdaptiveLength::new(&p);
+        let mut cost = CostModel::new(0.5);
+        for n in [1, 2, 1, 3] {
+            cost.observe_pass(n, 0.040 + 0.004 * n as f64, n == 1);
+        }
+        let mut lengths = Vec::new();
+        for _ in 0..60 {
+            let k = a.next(&cost);
+            lengths.push(k);
+            a.update(k, k);
+        }
+        assert!(lengths[59] >= 4, "lengths {lengths:?}");
+        // a steady draft: caught up by at most two tokens
+        let mut d = Draft::default();
+        assert!(d.steady());
+        d.caught_up = 9;
+        assert!(!d.steady());
+        d.clear();
+        assert!(d.steady());
     }
 
     fn one_hot_rows(ids: &[u32], n_vocab: usize) -> Vec<f32> {
@@ -784,7 +869,7 @@ mod tests {
         let mut out = vec![];
         let d = |t: &[u32]| Draft {
             tokens: t.to_vec(),
-            probs: vec![],
+            ..Draft::default()
         };
         assert_eq!(
             verify(&mut s, &rows, nv, &d(&[3, 4, 5]), &mut sc, &mut out),
