@@ -1,5 +1,5 @@
 //! Float weights (F32, F16) against many activation rows: a GEMM whose results are
-//! bit-identical to the pair routine ([`super::formats::F32`], [`super::formats::F16`]).
+//! bit-identical to the pair routine ([`F32`], [`F16`] of [`super::formats`]).
 //!
 //! ggml's float `vec_dot` keeps `CHAINS` independent 8-lane accumulators: chain `j` sums the
 //! products of the elements `8j..8j+8` of every block of `8 * CHAINS`, in order, and only the
@@ -11,36 +11,36 @@
 //!
 //! Blocking: the activation columns are taken in blocks that stay in the L2 cache
 //! (`COL_BLOCK_BYTES`); for each block, every pair of weight rows is converted to f32 into a
-//! small panel and passes over it. (3 × 3, 3 × 4, 4 × 2 and 4 × 3 tiles measured the same
-//! or slower on the Zen 1 reference machine, where 12.5 G multiply-adds/s per core is already
-//! the rate of register-only 256-bit FMAs.)
+//! small panel and passes over it. (On the Zen 1 reference machine this runs at about
+//! 12.5 G multiply-adds/s per core, at or above the 10.8–11.4 G a C loop of register-only
+//! 256-bit FMAs reached there; 3 × 3, 3 × 4, 4 × 2 and 4 × 3 tiles were none faster on both
+//! the 64-column and the 4-column bench.)
 
 #![allow(clippy::too_many_arguments)] // kernel signatures: matrix sizes, pointers, strides
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use super::formats::{f16, hsum_ps};
+use super::formats::{f16, F16, F32};
+use super::tile::BlockDot;
 
-/// A float element type of weights and activations alike.
-pub(crate) trait FloatFormat {
+/// A float block format whose weights and activations share the element type. Its
+/// [`BlockDot`] block is `QK / 8` chains of eight lanes; `finish` is the chains' reduction.
+pub(crate) trait FloatFormat: BlockDot {
     /// Bytes per element.
     const BYTES: usize;
-    /// Accumulator chains of the pair routine (its block is `8 * CHAINS` elements).
-    const CHAINS: usize;
+    /// Accumulator chains of the pair routine.
+    const CHAINS: usize = Self::QK / 8;
     /// Eight elements from `p`, as f32.
     unsafe fn load8(p: *const u8) -> __m256;
     /// One element, as f32.
     unsafe fn load1(p: *const u8) -> f32;
-    /// The pair routine's reduction of its chains to one value.
+    /// The pair routine's reduction (its `finish`) of the first `CHAINS` chains.
     unsafe fn reduce(chains: &[__m256; 4]) -> f32;
 }
 
-/// IEEE half precision, two chains (ggml's 16-element F16 step).
-pub(crate) struct Half;
-impl FloatFormat for Half {
+impl FloatFormat for F16 {
     const BYTES: usize = 2;
-    const CHAINS: usize = 2;
     #[inline(always)]
     unsafe fn load8(p: *const u8) -> __m256 {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
@@ -51,15 +51,12 @@ impl FloatFormat for Half {
     }
     #[inline(always)]
     unsafe fn reduce(c: &[__m256; 4]) -> f32 {
-        hsum_ps(_mm256_add_ps(c[0], c[1]))
+        Self::finish([c[0], c[1]])
     }
 }
 
-/// Single precision, four chains (ggml's 32-element F32 step).
-pub(crate) struct Single;
-impl FloatFormat for Single {
+impl FloatFormat for F32 {
     const BYTES: usize = 4;
-    const CHAINS: usize = 4;
     #[inline(always)]
     unsafe fn load8(p: *const u8) -> __m256 {
         _mm256_loadu_ps(p as *const f32)
@@ -70,10 +67,7 @@ impl FloatFormat for Single {
     }
     #[inline(always)]
     unsafe fn reduce(c: &[__m256; 4]) -> f32 {
-        hsum_ps(_mm256_add_ps(
-            _mm256_add_ps(c[0], c[1]),
-            _mm256_add_ps(c[2], c[3]),
-        ))
+        Self::finish(*c)
     }
 }
 

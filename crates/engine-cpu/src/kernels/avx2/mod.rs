@@ -70,7 +70,7 @@ unsafe fn dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
 /// that is not whole blocks always through the latter, which adds the tail as `dot_*` does.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemm_float<F: BlockDot, E: float::FloatFormat>(
+unsafe fn gemm_float<F: float::FloatFormat>(
     k: usize,
     w: &[u8],
     nr: usize,
@@ -83,7 +83,7 @@ unsafe fn gemm_float<F: BlockDot, E: float::FloatFormat>(
     if nc == 1 && k.is_multiple_of(F::QK) {
         tile::gemm::<F>(k, w, nr, a, a_row, nc, out, ldo)
     } else {
-        float::gemm::<E>(k, w, nr, a, a_row, nc, out, ldo)
+        float::gemm::<F>(k, w, nr, a, a_row, nc, out, ldo)
     }
 }
 
@@ -112,7 +112,7 @@ pub fn routine(w: DType) -> Option<Routine> {
             }
             Routine {
                 dot,
-                gemm: Some(gemm_float::<F32, float::Single> as GemmFn),
+                gemm: Some(gemm_float::<F32> as GemmFn),
             }
         }
         DType::F16 => {
@@ -122,7 +122,7 @@ pub fn routine(w: DType) -> Option<Routine> {
             }
             Routine {
                 dot,
-                gemm: Some(gemm_float::<F16, float::Half> as GemmFn),
+                gemm: Some(gemm_float::<F16> as GemmFn),
             }
         }
         DType::Q8_0 => routine!(Q0<Q8_0>),
