@@ -145,6 +145,11 @@ impl Driver for CudaDriver {
         .map_err(|e| err("kernel launch", e))
     }
 
+    fn synchronize(&self) -> Result<()> {
+        self.bind()?;
+        result::ctx::synchronize().map_err(|e| err("synchronize", e))
+    }
+
     fn memory(&self) -> Result<(u64, u64)> {
         self.bind()?;
         let (free, total) = result::mem_get_info().map_err(|e| err("memory query", e))?;

@@ -206,7 +206,9 @@ pub struct GpuBackend {
 
 impl GpuBackend {
     /// A backend on `driver`, whose module must hold every kernel of `kernels/cuda`.
+    /// With `ENGINE_GPU_PROFILE=1` every operation is timed ([`crate::profile`]).
     pub fn new(driver: Arc<dyn Driver>) -> Result<GpuBackend> {
+        let driver = crate::profile::ProfilingDriver::wrap_if_asked(driver);
         let k = Kernels::resolve(driver.as_ref())?;
         Ok(GpuBackend {
             drv: driver,

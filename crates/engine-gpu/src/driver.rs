@@ -50,6 +50,8 @@ pub trait Driver: Send + Sync + 'static {
         block: [u32; 3],
         args: &mut [*mut c_void],
     ) -> Result<()>;
+    /// Waits until everything queued has finished.
+    fn synchronize(&self) -> Result<()>;
     /// Free and total device memory in bytes.
     fn memory(&self) -> Result<(u64, u64)>;
 }

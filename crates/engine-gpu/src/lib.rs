@@ -6,12 +6,14 @@
 //! * [`rtc`]: the runtime compiler (NVRTC, hiprtc), loaded at run time by one loader.
 //! * [`cache`]: the on-disk code-object cache, keyed by source hash, target and toolchain.
 //! * [`backend`]: [`GpuBackend`], the `engine_core::Backend` made of kernel launches.
+//! * [`profile`]: per-operation timing of a driver (`ENGINE_GPU_PROFILE=1`).
 
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod cache;
 pub mod driver;
+pub mod profile;
 pub mod rtc;
 pub mod source;
 

@@ -5,13 +5,14 @@
 use std::sync::Arc;
 
 use engine_core::{Backend, DType};
-use engine_cpu::CpuBackend;
 use engine_gguf::GgufModel;
 use engine_models::{Batch, ContextOptions, Model, SUPPORTED_ARCHITECTURES};
 use engine_testdata::logits::{arch_fixtures, judge, logit_metrics, tier, ArchFixture};
 
+mod device;
+
 fn backend() -> Arc<dyn Backend> {
-    Arc::new(CpuBackend::new(2))
+    device::backend()
 }
 
 fn opts(n_seq: usize) -> ContextOptions {
@@ -33,8 +34,9 @@ fn check(f: &ArchFixture, what: &str, got: &[f32]) -> Result<(), String> {
     let t = tier(&f.arch, &f.label);
     let fails = judge(&m, t);
     let line = format!(
-        "{} {:8} {:7} {:14} [{t}] max|d|={:.2e} rms={:.2e} KL={:.2e} top1={}/{} regret={:.2}",
+        "{} {} {:8} {:7} {:14} [{t}] max|d|={:.2e} rms={:.2e} KL={:.2e} top1={}/{} regret={:.2}",
         if fails.is_empty() { "PASS" } else { "FAIL" },
+        device::name(),
         f.arch,
         f.label,
         what,

@@ -7,9 +7,10 @@
 use std::sync::Arc;
 
 use engine_core::{Backend, DType};
-use engine_cpu::CpuBackend;
 use engine_gguf::GgufModel;
 use engine_models::{Batch, ContextOptions};
+
+mod device;
 
 const NEAR_TIE: f64 = 0.02;
 
@@ -89,7 +90,8 @@ fn log_softmax_at(logits: &[f32], ids: &[u32]) -> Vec<f64> {
 fn greedy_generation_matches_llama_cpp() {
     let path = engine_testdata::gemma3_model().expect("the default model is needed for this test");
     let g = GgufModel::open(&path, true).unwrap();
-    let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(2));
+    let backend: Arc<dyn Backend> = device::backend();
+    eprintln!("device: {}", device::name());
     let model = engine_models::load(&g, backend).unwrap();
     let n_vocab = model.info().n_vocab;
     let mut failures = vec![];

@@ -224,6 +224,13 @@ impl Driver for RocmDriver {
         self.call("kernel launch", rc)
     }
 
+    fn synchronize(&self) -> Result<()> {
+        self.bind()?;
+        // SAFETY: no arguments; waits for the bound device.
+        let rc = unsafe { (self.hip.device_synchronize)() };
+        self.call("synchronize", rc)
+    }
+
     fn memory(&self) -> Result<(u64, u64)> {
         self.bind()?;
         let (mut free, mut total) = (0usize, 0usize);

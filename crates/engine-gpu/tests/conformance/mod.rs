@@ -2,11 +2,22 @@
 //! `#[path]`): every GPU operation against the CPU backend on random data. Tolerance:
 //! max |gpu - cpu| <= 2e-3 * (1 + max |cpu|) per output tensor (f32 accumulation order
 //! differs; the CPU's attention emulates ggml's f16 accumulation).
+//!
+//! Matrix products are held to an exact reference instead: the weights decoded by the
+//! reference codecs and multiplied in f64 with the f32 activations, within
+//! 2e-4 * (1 + max |exact|). The CPU backend is no exact reference there: like ggml it rounds
+//! the activations to f16/bf16 or quantizes them to 8 bits before a block product (0.3-0.6%
+//! of the output's scale on random data), which the GPU kernels do not; its distance from
+//! the exact product is printed beside.
 
 use engine_core::backend::{Activation, AttentionSpec, QueryPos, RopeMode, RopeSpec};
 use engine_core::{Backend, DType, HostBytes, Tensor, Weight};
 use engine_cpu::CpuBackend;
 use rand::{Rng, SeedableRng};
+use std::sync::Mutex;
+
+/// The mismatches found so far (the run goes on past the first).
+static FAILURES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 struct Pair {
     gpu: Box<dyn Backend>,
@@ -15,17 +26,29 @@ struct Pair {
 }
 
 fn close(what: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}");
+    close_within(what, got, want, 2e-3);
+}
+
+/// Max |got - want| against the scale of `want`; the error printed, a mismatch recorded.
+fn max_error(got: &[f32], want: &[f32]) -> (f32, f32) {
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let err = got
         .iter()
         .zip(want)
         .fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
-    assert!(
-        err <= 2e-3 * (1.0 + scale) && got.iter().all(|v| v.is_finite()),
-        "{what}: max error {err} at scale {scale}"
-    );
-    eprintln!("{what}: max error {err:.2e} (scale {scale:.2})");
+    (err, scale)
+}
+
+fn close_within(what: &str, got: &[f32], want: &[f32], rel: f32) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    let (err, scale) = max_error(got, want);
+    if err <= rel * (1.0 + scale) && got.iter().all(|v| v.is_finite()) {
+        eprintln!("{what}: max error {err:.2e} (scale {scale:.2})");
+    } else {
+        let line = format!("FAIL {what}: max error {err} at scale {scale}");
+        eprintln!("{line}");
+        FAILURES.lock().unwrap().push(line);
+    }
 }
 
 /// Offsets of the f16 scale fields in a block, set to sane values in random blocks.
@@ -72,8 +95,9 @@ impl Pair {
         );
     }
 
-    /// Random weight bytes of `dt` with sane scales, loaded on both backends.
-    fn weight(&mut self, dt: DType, rows: usize, cols: usize) -> (Weight, Weight) {
+    /// Random weight bytes of `dt` with sane scales, loaded on both backends, and their values
+    /// as the reference codec decodes them.
+    fn weight(&mut self, dt: DType, rows: usize, cols: usize) -> (Weight, Weight, Vec<f32>) {
         let bytes = dt.row_bytes(cols).unwrap() * rows;
         let data = match dt {
             DType::F32 | DType::F16 | DType::BF16 => {
@@ -98,12 +122,14 @@ impl Pair {
                 b
             }
         };
+        let values = engine_core::quant::dequantize_to_vec(dt, &data, rows * cols).unwrap();
         let host = HostBytes::from_vec(data);
         (
             self.gpu
                 .load_weight("w", dt, &[rows, cols], host.clone())
                 .unwrap(),
             self.cpu.load_weight("w", dt, &[rows, cols], host).unwrap(),
+            values,
         )
     }
 
@@ -132,7 +158,7 @@ pub fn every_op_matches_the_cpu_backend(gpu: Box<dyn Backend>) {
     // matmul and embed, every format, one row and a batch.
     for &(dt, name) in engine_gpu::backend::FORMATS {
         let (k, m) = (512, 96);
-        let (wg, wc) = p.weight(dt, m, k);
+        let (wg, wc, wv) = p.weight(dt, m, k);
         for n in [1usize, 9] {
             let xv = p.vals(n * k);
             let (xg, xc) = p.both(&[n, k], &xv);
@@ -140,7 +166,19 @@ pub fn every_op_matches_the_cpu_backend(gpu: Box<dyn Backend>) {
             let mut oc = p.cpu.alloc(DType::F32, &[n, m]).unwrap();
             p.gpu.matmul(&xg, &wg, &mut og).unwrap();
             p.cpu.matmul(&xc, &wc, &mut oc).unwrap();
-            p.check(&format!("matmul {name} n={n}"), &og, &oc);
+            let want: Vec<f32> = (0..n * m)
+                .map(|i| {
+                    let (x, w) = (&xv[i / m * k..][..k], &wv[i % m * k..][..k]);
+                    x.iter()
+                        .zip(w)
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum::<f64>() as f32
+                })
+                .collect();
+            let gpu = Pair::read(p.gpu.as_ref(), &og);
+            close_within(&format!("matmul {name} n={n} vs exact"), &gpu, &want, 2e-4);
+            let (cpu_err, _) = max_error(&Pair::read(&p.cpu, &oc), &want);
+            eprintln!("  (the CPU backend's max error against exact: {cpu_err:.2e})");
         }
         let ids = [3u32, 0, 95, 3];
         let mut eg = p.gpu.alloc(DType::F32, &[4, k]).unwrap();
@@ -290,4 +328,7 @@ pub fn every_op_matches_the_cpu_backend(gpu: Box<dyn Backend>) {
     p.gpu.weighted_row_sum(&srg, &w, 2, &mut dg).unwrap();
     p.cpu.weighted_row_sum(&src_c, &w, 2, &mut dc).unwrap();
     p.check("weighted_row_sum", &dg, &dc);
+
+    let failures = FAILURES.lock().unwrap();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
