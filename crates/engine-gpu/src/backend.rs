@@ -41,6 +41,8 @@ const MM_COLS: u32 = 8;
 const MM_WARPS: u32 = 4;
 /// Threads per block for row-wise kernels.
 const ROW_THREADS: u32 = 256;
+/// Warps per attention block (`ATT_WARPS` in attention.cu).
+const ATT_WARPS: u32 = 8;
 /// Largest head size the attention kernel holds in registers (16 values per lane).
 const ATT_MAX_PER_LANE: usize = 16;
 
@@ -192,9 +194,23 @@ impl Kernels {
     }
 }
 
-/// Reusable device buffers for host index arrays, one per slot an operation uses at once.
+/// Reusable device buffers for host index arrays, one per kind of operation, each with a
+/// host copy of what it holds: the layers of one step stage the same positions, cache rows
+/// and query spans, so only the first layer uploads them.
 struct Staging {
-    slots: Vec<Option<GpuBuf>>,
+    slots: Vec<(Option<GpuBuf>, Vec<u32>)>,
+}
+
+/// Staging slots, one per kind of operation (an operation staging two arrays uses two).
+mod slot {
+    pub const ROWS: usize = 0;
+    pub const SCALES: usize = 1;
+    pub const POSITIONS: usize = 2;
+    pub const CACHE_ROWS: usize = 3;
+    pub const QUERIES: usize = 4;
+    pub const IDS: usize = 5;
+    pub const SSM_RUNS: usize = 6;
+    pub const COUNT: usize = 7;
 }
 
 /// The GPU backend over a [`Driver`].
@@ -214,7 +230,7 @@ impl GpuBackend {
             drv: driver,
             k,
             staging: Mutex::new(Staging {
-                slots: (0..3).map(|_| None).collect(),
+                slots: (0..slot::COUNT).map(|_| (None, Vec::new())).collect(),
             }),
         })
     }
@@ -226,20 +242,27 @@ impl GpuBackend {
 
     /// Copies host words into staging slot `slot` and returns its device address. The
     /// copy is ordered after earlier launches, so a slot can be refilled by the next call.
+    /// Words equal to what the slot already holds are not copied again (nothing else writes
+    /// a staging buffer), which saves a synchronous copy per layer.
     fn stage(&self, slot: usize, words: &[u32]) -> Result<DevPtr> {
         let bytes = std::mem::size_of_val(words);
         let mut st = self.staging.lock().map_err(|_| {
             Error::Backend("GPU staging buffers poisoned by an earlier panic".into())
         })?;
-        let s = &mut st.slots[slot];
-        if s.as_ref().is_none_or(|b| b.bytes < bytes) {
-            *s = Some(GpuBuf::new(&self.drv, bytes.next_power_of_two().max(4096))?);
+        let (buf, held) = &mut st.slots[slot];
+        if buf.as_ref().is_none_or(|b| b.bytes < bytes) {
+            held.clear();
+            *buf = Some(GpuBuf::new(&self.drv, bytes.next_power_of_two().max(4096))?);
         }
-        let buf = s.as_ref().expect("slot filled above");
-        // SAFETY: u32 words viewed as bytes.
-        let src = unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, bytes) };
-        self.drv.upload(buf.ptr, src)?;
-        Ok(buf.ptr)
+        let ptr = buf.as_ref().expect("slot filled above").ptr;
+        if held.as_slice() != words {
+            // SAFETY: u32 words viewed as bytes.
+            let src = unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, bytes) };
+            held.clear();
+            self.drv.upload(ptr, src)?;
+            held.extend_from_slice(words);
+        }
+        Ok(ptr)
     }
 
     fn stage_f32(&self, slot: usize, v: &[f32]) -> Result<DevPtr> {
@@ -416,7 +439,7 @@ impl Backend for GpuBackend {
             .dtype()
             .row_bytes(cols)
             .ok_or(Error::UnsupportedType(table.dtype()))? as i64;
-        let idp = self.stage(0, ids)?;
+        let idp = self.stage(slot::IDS, ids)?;
         let (tp, op, k) = (wptr(table)?, tptr(out)?, i32_of(cols, "width")?);
         self.launch(
             f,
@@ -622,7 +645,7 @@ impl Backend for GpuBackend {
         } else {
             [0.0, 0.0]
         };
-        let pp = self.stage(0, pos)?;
+        let pp = self.stage(slot::POSITIONS, pos)?;
         let xp = tptr(x)?;
         let mode: i32 = match spec.mode {
             RopeMode::Norm => 0,
@@ -682,7 +705,7 @@ impl Backend for GpuBackend {
         if rows.is_empty() {
             return Ok(());
         }
-        let rp = self.stage(0, rows)?;
+        let rp = self.stage(slot::CACHE_ROWS, rows)?;
         let (cp, sp, c) = (tptr(cache)?, tptr(src)?, i32_of(cols, "width")?);
         self.launch(
             f,
@@ -787,7 +810,7 @@ impl Backend for GpuBackend {
             .iter()
             .flat_map(|p| [p.kv_base, p.pos])
             .collect();
-        let qpp = self.stage(0, &words)?;
+        let qpp = self.stage(slot::QUERIES, &words)?;
         let sp = match spec.sinks {
             Some(s) => {
                 check(s.shape().numel() >= nh, || {
@@ -804,7 +827,7 @@ impl Backend for GpuBackend {
         self.launch(
             f,
             [n as u32, nh as u32, 1],
-            [warp as u32, 1, 1],
+            [ATT_WARPS * warp as u32, 1, 1],
             &mut [
                 a(&qp),
                 a(&kp),
@@ -866,7 +889,7 @@ impl Backend for GpuBackend {
         if n == 0 {
             return Ok(());
         }
-        let spp = self.stage_f32(1, scales)?;
+        let spp = self.stage_f32(slot::SCALES, scales)?;
         let (xp, cols, cnt) = (tptr(x)?, i32_of(x.cols(), "width")?, n as i64);
         self.elementwise(
             self.k.scale_rows,
@@ -897,7 +920,7 @@ impl Backend for GpuBackend {
         if n == 0 {
             return Ok(());
         }
-        let wp = self.stage_f32(1, weights)?;
+        let wp = self.stage_f32(slot::SCALES, weights)?;
         let (sp, dp, ki, c) = (tptr(src)?, tptr(dst)?, k as i32, i32_of(cols, "width")?);
         self.launch(
             self.k.weighted_row_sum,
@@ -973,7 +996,7 @@ impl Backend for GpuBackend {
         if runs.is_empty() {
             return Ok(());
         }
-        let rp = self.stage(0, &words)?;
+        let rp = self.stage(slot::SSM_RUNS, &words)?;
         let (xp, sp, op) = (tptr(x)?, tptr(state)?, tptr(out)?);
         let (chi, dci) = (ch as i32, dc as i32);
         self.launch(
@@ -1031,7 +1054,7 @@ impl Backend for GpuBackend {
         if spec.runs.is_empty() {
             return Ok(());
         }
-        let rp = self.stage(0, &words)?;
+        let rp = self.stage(slot::SSM_RUNS, &words)?;
         let (xp, tp, sp, yp) = (tptr(xbc)?, tptr(dt)?, tptr(state)?, tptr(y)?);
         let (nhi, hdi, dsi, ngi, cols) = (
             nh as i32,
@@ -1070,7 +1093,7 @@ impl GpuBackend {
         if rows.is_empty() {
             return Ok(());
         }
-        let rp = self.stage(0, rows)?;
+        let rp = self.stage(slot::ROWS, rows)?;
         let (sp, dp, c) = (tptr(src)?, tptr(dst)?, i32_of(src.cols(), "width")?);
         self.launch(
             self.k.move_rows,
