@@ -2,7 +2,9 @@
 //! `ENGINE_GPU_PROFILE=1`. Each operation is bracketed by device synchronisations, so its
 //! time is what it costs alone (launch latency included) and the run is slower than
 //! normal; the time between operations, when the device waits for the host, is reported as
-//! the host gap. The table goes to stderr when the backend is dropped.
+//! the host gap. Copies before the first kernel launch (loading the weights) are counted on a
+//! line of their own and left out of the rest. The table goes to stderr when the backend is
+//! dropped.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -17,6 +19,8 @@ use crate::driver::{DevPtr, Driver, FnHandle};
 #[derive(Default)]
 struct Stats {
     by_name: HashMap<String, (u64, Duration)>,
+    /// Copies before the first launch, and their time.
+    loading: (u64, Duration),
     first: Option<Instant>,
     last: Option<Instant>,
 }
@@ -41,13 +45,18 @@ impl ProfilingDriver {
         }
     }
 
-    fn timed<T>(&self, name: &str, op: impl FnOnce() -> Result<T>) -> Result<T> {
+    fn timed<T>(&self, name: &str, launch: bool, op: impl FnOnce() -> Result<T>) -> Result<T> {
         self.inner.synchronize()?;
         let t0 = Instant::now();
         let out = op()?;
         self.inner.synchronize()?;
         let t1 = Instant::now();
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        if s.first.is_none() && !launch {
+            s.loading.0 += 1;
+            s.loading.1 += t1 - t0;
+            return Ok(out);
+        }
         s.first.get_or_insert(t0);
         s.last = Some(t1);
         let e = s.by_name.entry(name.to_string()).or_default();
@@ -68,8 +77,12 @@ impl ProfilingDriver {
         };
         let pct = |d: Duration| 100.0 * d.as_secs_f64() / wall.as_secs_f64().max(1e-9);
         let mut out = format!(
-            "GPU profile ({}): {:.1} ms from the first operation to the last\n{:<24} {:>8} {:>10} {:>9} {:>6}\n",
+            "GPU profile ({}): {} copies before the first launch (loading) took {:.1} ms; \
+             {:.1} ms from the first launch to the last operation\n\
+             {:<24} {:>8} {:>10} {:>9} {:>6}\n",
             self.inner.name(),
+            s.loading.0,
+            s.loading.1.as_secs_f64() * 1e3,
             wall.as_secs_f64() * 1e3,
             "operation",
             "calls",
@@ -130,16 +143,16 @@ impl Driver for ProfilingDriver {
         unsafe { self.inner.free(ptr) }
     }
     fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
-        self.timed("(upload)", || self.inner.upload(dst, src))
+        self.timed("(upload)", false, || self.inner.upload(dst, src))
     }
     fn download(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
-        self.timed("(download)", || self.inner.download(src, dst))
+        self.timed("(download)", false, || self.inner.download(src, dst))
     }
     fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
-        self.timed("(copy)", || self.inner.copy(dst, src, bytes))
+        self.timed("(copy)", false, || self.inner.copy(dst, src, bytes))
     }
     fn zero(&self, dst: DevPtr, bytes: usize) -> Result<()> {
-        self.timed("(zero)", || self.inner.zero(dst, bytes))
+        self.timed("(zero)", false, || self.inner.zero(dst, bytes))
     }
     unsafe fn launch(
         &self,
@@ -156,12 +169,101 @@ impl Driver for ProfilingDriver {
             .cloned()
             .unwrap_or_else(|| format!("kernel {:#x}", f.0));
         // SAFETY: forwarded with the caller's guarantee.
-        self.timed(&name, || unsafe { self.inner.launch(f, grid, block, args) })
+        self.timed(&name, true, || unsafe {
+            self.inner.launch(f, grid, block, args)
+        })
     }
     fn synchronize(&self) -> Result<()> {
         self.inner.synchronize()
     }
     fn memory(&self) -> Result<(u64, u64)> {
         self.inner.memory()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A driver that does nothing, for the profiler's bookkeeping.
+    struct Null;
+
+    impl Driver for Null {
+        fn name(&self) -> &'static str {
+            "null"
+        }
+        fn describe(&self) -> String {
+            "null".into()
+        }
+        fn warp_size(&self) -> u32 {
+            32
+        }
+        fn function(&self, name: &str) -> Result<FnHandle> {
+            Ok(FnHandle(name.len()))
+        }
+        fn alloc(&self, _: usize) -> Result<DevPtr> {
+            Ok(0)
+        }
+        unsafe fn free(&self, _: DevPtr) {}
+        fn upload(&self, _: DevPtr, _: &[u8]) -> Result<()> {
+            Ok(())
+        }
+        fn download(&self, _: DevPtr, _: &mut [u8]) -> Result<()> {
+            Ok(())
+        }
+        fn copy(&self, _: DevPtr, _: DevPtr, _: usize) -> Result<()> {
+            Ok(())
+        }
+        fn zero(&self, _: DevPtr, _: usize) -> Result<()> {
+            Ok(())
+        }
+        unsafe fn launch(
+            &self,
+            _: FnHandle,
+            _: [u32; 3],
+            _: [u32; 3],
+            _: &mut [*mut c_void],
+        ) -> Result<()> {
+            Ok(())
+        }
+        fn synchronize(&self) -> Result<()> {
+            Ok(())
+        }
+        fn memory(&self) -> Result<(u64, u64)> {
+            Ok((0, 0))
+        }
+    }
+
+    #[test]
+    fn copies_before_the_first_launch_count_as_loading() {
+        let p = ProfilingDriver {
+            inner: Arc::new(Null),
+            names: Mutex::new(HashMap::new()),
+            stats: Mutex::new(Stats::default()),
+        };
+        p.upload(0, &[0; 4]).unwrap();
+        p.upload(0, &[0; 4]).unwrap();
+        let f = p.function("rms_norm").unwrap();
+        // SAFETY: the null driver touches nothing.
+        unsafe { p.launch(f, [1; 3], [1; 3], &mut []).unwrap() };
+        unsafe { p.launch(f, [1; 3], [1; 3], &mut []).unwrap() };
+        p.upload(0, &[0; 4]).unwrap();
+        let report = p.report();
+        assert!(
+            report.contains("2 copies before the first launch"),
+            "{report}"
+        );
+        let line = |name: &str| {
+            report
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} line in\n{report}"))
+                .split_whitespace()
+                .nth(1)
+                .map(str::to_string)
+        };
+        assert_eq!(line("rms_norm").as_deref(), Some("2"), "{report}");
+        assert_eq!(line("(upload)").as_deref(), Some("1"), "{report}");
+        assert!(report.contains("(host gap)"), "{report}");
     }
 }
