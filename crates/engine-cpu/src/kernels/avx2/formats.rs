@@ -44,7 +44,7 @@ pub(super) unsafe fn hsum_ps(v: __m256) -> f32 {
 }
 
 #[inline(always)]
-unsafe fn hsum_epi32(v: __m256i) -> i32 {
+pub(super) unsafe fn hsum_epi32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
@@ -177,6 +177,44 @@ impl<C: Codes32> BlockDot for Q0<C> {
     #[inline(always)]
     unsafe fn finish(acc: __m256) -> f32 {
         hsum_ps(acc)
+    }
+}
+
+/// A 32-element format against Q8_0 with the epilogue of llama.cpp's x86 kernels for
+/// weights repacked eight rows at a time (Q4_0, IQ4_NL, MXFP4 with `rows % 8 == 0`): each
+/// block's exact integer sum, then one f32 FMA per block, `sum * (d_w * d_a) + acc`. The
+/// pair routine of [`super::rows8`]'s eight-rows-per-vector GEMM.
+pub(crate) struct Q0Sum<C>(PhantomData<C>);
+
+impl<C: Codes32> BlockDot for Q0Sum<C> {
+    const QK: usize = 32;
+    const W_BYTES: usize = C::BYTES;
+    const A_BYTES: usize = 34;
+    type W = SignedBlock;
+    type A = Q8Block;
+    type Acc = f32;
+
+    #[inline(always)]
+    unsafe fn unpack(x: *const u8) -> SignedBlock {
+        <Q0<C> as BlockDot>::unpack(x)
+    }
+    #[inline(always)]
+    unsafe fn load(y: *const u8) -> Q8Block {
+        <Q0<C> as BlockDot>::load(y)
+    }
+    #[inline(always)]
+    unsafe fn zero() -> f32 {
+        0.0
+    }
+    #[inline(always)]
+    unsafe fn step(acc: &mut f32, w: &SignedBlock, a: &Q8Block) {
+        let sy = _mm256_sign_epi8(a.q, w.q);
+        let s = _mm256_madd_epi16(_mm256_maddubs_epi16(w.abs, sy), _mm256_set1_epi16(1));
+        *acc = (hsum_epi32(s) as f32).mul_add(w.d * a.d, *acc);
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: f32) -> f32 {
+        acc
     }
 }
 

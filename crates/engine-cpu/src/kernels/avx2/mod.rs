@@ -3,6 +3,8 @@
 //! * [`formats`]: each block format's arithmetic ([`tile::BlockDot`]), in the order of the
 //!   llama.cpp x86 routine it reproduces: integer products of codes with
 //!   `vpmaddubsw`/`vpmaddwd` (exact), then `scale * sum` folded into f32.
+//! * [`rows8`]: eight weight rows per vector lane, for Q4_0 and IQ4_NL in the arithmetic of
+//!   llama.cpp's repacked kernels.
 //! * [`tile`]: the generic drivers: one pair ([`tile::dot`]) and many rows × many columns
 //!   ([`tile::gemm`], register tiles, weights unpacked once into a panel for many columns).
 //!
@@ -13,6 +15,7 @@
 
 mod float;
 mod formats;
+mod rows8;
 mod tile;
 
 use engine_core::DType;
@@ -142,9 +145,36 @@ pub fn routine(w: DType) -> Option<Routine> {
     })
 }
 
+/// The pair routine of [`formats::Q0Sum`] with [`rows8::gemm`] for many rows.
+macro_rules! rows8_routine {
+    ($f:ty) => {{
+        fn dot(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            // SAFETY: as in `routine!`.
+            unsafe { dot_blocks::<Q0Sum<$f>>(n, w, a) }
+        }
+        Routine {
+            dot: dot as DotFn,
+            gemm: Some(rows8::gemm::<$f> as GemmFn),
+        }
+    }};
+}
+
 /// The llama.cpp-order variants for a weight type (see [`super::Variants`]).
 pub fn variants(w: DType) -> Variants {
     match w {
+        // one routine for both: llama.cpp's repacked GEMV and GEMM share the arithmetic
+        DType::Q4_0 | DType::IQ4_NL => {
+            let r = if w == DType::Q4_0 {
+                rows8_routine!(Q4_0)
+            } else {
+                rows8_routine!(Iq4Nl)
+            };
+            Variants {
+                repack_gemv: Some(r),
+                repack_gemm: Some(r),
+                tiled: None,
+            }
+        }
         DType::Q4_K => Variants {
             repack_gemv: Some(routine!(Q4k<RepackGemv>)),
             repack_gemm: Some(routine!(Q4k<RepackGemm>)),
