@@ -88,7 +88,8 @@ pub struct Kernel {
 /// to llama.cpp's on x86, which matters for models as sensitive as Gemma 3.
 #[derive(Clone, Copy, Default)]
 pub struct Variants {
-    /// Repacked-weight GEMV (one f32 FMA per super-block).
+    /// Repacked-weight GEMV (one f32 FMA per super-block); without one, the rows a repacked
+    /// GEMM does not take use the base routine.
     pub repack_gemv: Option<Routine>,
     /// Repacked-weight GEMM, for rows in complete groups of four.
     pub repack_gemm: Option<Routine>,
@@ -103,9 +104,13 @@ impl Kernel {
     #[inline]
     pub fn select(&self, m: usize, n: usize, row: usize) -> Routine {
         let v = &self.variants;
-        if let (Some(gemv), Some(gemm)) = (v.repack_gemv, v.repack_gemm) {
+        if let Some(gemm) = v.repack_gemm {
             if m.is_multiple_of(8) {
-                return if n > 3 && row < n - n % 4 { gemm } else { gemv };
+                return if n > 3 && row < n - n % 4 {
+                    gemm
+                } else {
+                    v.repack_gemv.unwrap_or(self.base)
+                };
             }
         }
         match v.tiled {
