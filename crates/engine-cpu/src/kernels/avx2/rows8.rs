@@ -9,7 +9,8 @@
 //! same arithmetic for one pair). Here the weights keep their file layout: a block of eight
 //! rows is transposed in registers (four 4×4 dword transposes) into four vectors, vector `j`
 //! holding code bytes `4j..4j+4` of every row, and the activation bytes they meet are
-//! broadcast to every lane. The unpacked block is used for up to four columns; for Q4_0,
+//! broadcast to every lane. The unpacked block is used for up to eight columns (six for
+//! IQ4_NL, whose sums take a `vpmaddwd` each); for Q4_0,
 //! whose values are at most 8 in magnitude, the eight `vpmaddubsw` results of a block are
 //! added in 16 bits before a single `vpmaddwd` (at most 16 · 8 · 127 = 16256).
 //!
@@ -29,12 +30,16 @@ use engine_core::quant::nonlinear::KVALUES_IQ4NL;
 pub(crate) trait Nibbles: Codes32 {
     /// Whether eight `vpmaddubsw` results of one block fit 16 bits (|value| <= 8).
     const SUM16: bool;
+    /// Columns per register tile, at most 8 (the fastest on a Zen 1 core, criterion
+    /// `gemm/avx2/*`: 8 for Q4_0, 6 for IQ4_NL).
+    const COLS: usize;
     /// The signed values of nibble codes (0..=15, one per byte).
     unsafe fn values(codes: __m256i) -> __m256i;
 }
 
 impl Nibbles for Q4_0 {
     const SUM16: bool = true;
+    const COLS: usize = 8;
     #[inline(always)]
     unsafe fn values(codes: __m256i) -> __m256i {
         _mm256_sub_epi8(codes, _mm256_set1_epi8(8))
@@ -43,15 +48,13 @@ impl Nibbles for Q4_0 {
 
 impl Nibbles for Iq4Nl {
     const SUM16: bool = false;
+    const COLS: usize = 6;
     #[inline(always)]
     unsafe fn values(codes: __m256i) -> __m256i {
         let t = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
         _mm256_shuffle_epi8(_mm256_set_m128i(t, t), codes)
     }
 }
-
-/// Columns per register tile.
-const COLS: usize = 4;
 
 /// `out[c * ldo + r]` = the [`Q0Sum`] dot product of weight row `r` and activation row `c`.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -74,24 +77,20 @@ pub(crate) unsafe fn gemm<N: Nibbles>(
         let wg = w.as_ptr().add(g * 8 * row_bytes);
         let og = out.add(g * 8);
         let mut c = 0;
-        while c + COLS <= nc {
-            cols::<N, COLS>(
-                nb,
-                wg,
-                row_bytes,
-                a.as_ptr().add(c * a_row),
-                a_row,
-                og.add(c * ldo),
-                ldo,
-            );
-            c += COLS;
-        }
-        let (ap, op) = (a.as_ptr().add(c * a_row), og.add(c * ldo));
-        match nc - c {
-            3 => cols::<N, 3>(nb, wg, row_bytes, ap, a_row, op, ldo),
-            2 => cols::<N, 2>(nb, wg, row_bytes, ap, a_row, op, ldo),
-            1 => cols::<N, 1>(nb, wg, row_bytes, ap, a_row, op, ldo),
-            _ => {}
+        while c < nc {
+            let (ap, op) = (a.as_ptr().add(c * a_row), og.add(c * ldo));
+            let n = (nc - c).min(N::COLS);
+            match n {
+                8 => cols::<N, 8>(nb, wg, row_bytes, ap, a_row, op, ldo),
+                7 => cols::<N, 7>(nb, wg, row_bytes, ap, a_row, op, ldo),
+                6 => cols::<N, 6>(nb, wg, row_bytes, ap, a_row, op, ldo),
+                5 => cols::<N, 5>(nb, wg, row_bytes, ap, a_row, op, ldo),
+                4 => cols::<N, 4>(nb, wg, row_bytes, ap, a_row, op, ldo),
+                3 => cols::<N, 3>(nb, wg, row_bytes, ap, a_row, op, ldo),
+                2 => cols::<N, 2>(nb, wg, row_bytes, ap, a_row, op, ldo),
+                _ => cols::<N, 1>(nb, wg, row_bytes, ap, a_row, op, ldo),
+            }
+            c += n;
         }
     }
     let done = groups * 8;
