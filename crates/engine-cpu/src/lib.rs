@@ -609,7 +609,7 @@ impl Backend for CpuBackend {
                 }
             }
         };
-        const ROWS: usize = 64;
+        const ROWS: usize = ops::attention::MAX_TILED_ROWS;
         let chunks = n.div_ceil(ROWS);
         self.pool.run(nh * chunks, &|task| {
             let (h, c) = (task % nh, task / nh);

@@ -170,6 +170,88 @@ pub fn gemv_t_fma(a: &[f32], stride: usize, n: usize, x: &[f32], out: &mut [f32]
     }
 }
 
+/// Several rows of [`gemv_t_fma`] at once, sharing every load of `a`:
+/// `out[r*ldo + t] = sum_d a[d*stride + t] * x[r*ldx + d]` for `r < rows`, `t < n`, `d < hd`.
+/// Every output is the same FMA chain over `d` as [`gemv_t_fma`]'s, so the results are
+/// bit-identical to calling it row by row.
+#[allow(clippy::too_many_arguments)] // a strided matrix product: sizes and strides
+pub fn gemm_t_fma(
+    a: &[f32],
+    stride: usize,
+    n: usize,
+    hd: usize,
+    x: &[f32],
+    ldx: usize,
+    rows: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    if rows == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        hd == 0 || a.len() >= (hd - 1) * stride + n,
+        "gemm_t_fma: a too short"
+    );
+    assert!(x.len() >= (rows - 1) * ldx + hd, "gemm_t_fma: x too short");
+    assert!(
+        out.len() >= (rows - 1) * ldo + n,
+        "gemm_t_fma: out too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: features checked above, bounds asserted above.
+        return unsafe { x86::gemm_t_fma(a, stride, n, hd, x, ldx, rows, out, ldo) };
+    }
+    for r in 0..rows {
+        for t in 0..n {
+            let mut acc = 0.0f32;
+            for d in 0..hd {
+                acc = a[d * stride + t].mul_add(x[r * ldx + d], acc);
+            }
+            out[r * ldo + t] = acc;
+        }
+    }
+}
+
+/// Several rows of [`fma_f32`] over several vectors, each accumulator kept in registers
+/// across the vectors: for `r < rows`, then `t = 0, 1, .., n-1` in order,
+/// `y[r*ldy + i] = fma(p[r*ldp + t], v[t*ldv + i], y[r*ldy + i])` for `i < len`. The same
+/// operations in the same order as calling [`fma_f32`] once per (row, vector), so the
+/// results are bit-identical.
+#[allow(clippy::too_many_arguments)] // a strided matrix product: sizes and strides
+pub fn fma_rows(
+    y: &mut [f32],
+    ldy: usize,
+    rows: usize,
+    p: &[f32],
+    ldp: usize,
+    v: &[f32],
+    ldv: usize,
+    n: usize,
+    len: usize,
+) {
+    if rows == 0 || n == 0 || len == 0 {
+        return;
+    }
+    assert!(y.len() >= (rows - 1) * ldy + len, "fma_rows: y too short");
+    assert!(p.len() >= (rows - 1) * ldp + n, "fma_rows: p too short");
+    assert!(v.len() >= (n - 1) * ldv + len, "fma_rows: v too short");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: features checked above, bounds asserted above.
+        return unsafe { x86::fma_rows(y, ldy, rows, p, ldp, v, ldv, n, len) };
+    }
+    for r in 0..rows {
+        for t in 0..n {
+            let s = p[r * ldp + t];
+            for i in 0..len {
+                y[r * ldy + i] = v[t * ldv + i].mul_add(s, y[r * ldy + i]);
+            }
+        }
+    }
+}
+
 /// `y[i] = fma(f32(x[i]), s, y[i])` with `x` in f16 bits.
 pub fn fma_f16_into_f32(y: &mut [f32], s: f32, x: &[u16]) {
     #[cfg(target_arch = "x86_64")]
@@ -184,8 +266,47 @@ pub fn fma_f16_into_f32(y: &mut [f32], s: f32, x: &[u16]) {
 
 /// f16 bits to f32 values.
 pub fn f16_to_f32(x: &[u16], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: features checked above.
+        return unsafe { x86::f16_to_f32(x, y) };
+    }
     for (o, b) in y.iter_mut().zip(x) {
         *o = f16::from_bits(*b).to_f32();
+    }
+}
+
+/// A block of f16 rows to f32, transposed: `y[c*ldy + r] = f32(x[r*ldx + c])` for
+/// `r < rows`, `c < cols`.
+#[allow(clippy::too_many_arguments)] // a strided transpose: sizes and strides
+pub fn f16_to_f32_transposed(
+    x: &[u16],
+    ldx: usize,
+    rows: usize,
+    cols: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        x.len() >= (rows - 1) * ldx + cols,
+        "f16_to_f32_transposed: x too short"
+    );
+    assert!(
+        y.len() >= (cols - 1) * ldy + rows,
+        "f16_to_f32_transposed: y too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: features checked above, bounds asserted above.
+        return unsafe { x86::f16_to_f32_transposed(x, ldx, rows, cols, y, ldy) };
+    }
+    for r in 0..rows {
+        for c in 0..cols {
+            y[c * ldy + r] = f16::from_bits(x[r * ldx + c]).to_f32();
+        }
     }
 }
 
@@ -461,6 +582,365 @@ mod x86 {
         while i < n {
             y[i] += s * half::f16::from_bits(x[i]).to_f32();
             i += 1;
+        }
+    }
+
+    /// An `R`-row × `8G`-column block of [`super::gemm_t_fma`] at `pa` (column 0 of the
+    /// block), `px` (row 0's query) and `po` (row 0's output).
+    #[inline(always)]
+    unsafe fn gemm_t_block<const R: usize, const G: usize>(
+        pa: *const f32,
+        stride: usize,
+        hd: usize,
+        px: *const f32,
+        ldx: usize,
+        po: *mut f32,
+        ldo: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); G]; R];
+        for d in 0..hd {
+            let mut k = [_mm256_setzero_ps(); G];
+            for (g, kg) in k.iter_mut().enumerate() {
+                *kg = _mm256_loadu_ps(pa.add(d * stride + 8 * g));
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let q = _mm256_broadcast_ss(&*px.add(r * ldx + d));
+                for (a, kg) in acc_r.iter_mut().zip(k.iter()) {
+                    *a = _mm256_fmadd_ps(*kg, q, *a);
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (g, a) in acc_r.iter().enumerate() {
+                _mm256_storeu_ps(po.add(r * ldo + 8 * g), *a);
+            }
+        }
+    }
+
+    /// All rows of [`super::gemm_t_fma`] for the `8G` columns at `t`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn gemm_t_cols<const G: usize>(
+        pa: *const f32,
+        stride: usize,
+        hd: usize,
+        px: *const f32,
+        ldx: usize,
+        rows: usize,
+        po: *mut f32,
+        ldo: usize,
+    ) {
+        let mut r = 0;
+        while r + 4 <= rows {
+            gemm_t_block::<4, G>(pa, stride, hd, px.add(r * ldx), ldx, po.add(r * ldo), ldo);
+            r += 4;
+        }
+        let (px, po) = (px.add(r * ldx), po.add(r * ldo));
+        match rows - r {
+            3 => gemm_t_block::<3, G>(pa, stride, hd, px, ldx, po, ldo),
+            2 => gemm_t_block::<2, G>(pa, stride, hd, px, ldx, po, ldo),
+            1 => gemm_t_block::<1, G>(pa, stride, hd, px, ldx, po, ldo),
+            _ => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn gemm_t_fma(
+        a: &[f32],
+        stride: usize,
+        n: usize,
+        hd: usize,
+        x: &[f32],
+        ldx: usize,
+        rows: usize,
+        out: &mut [f32],
+        ldo: usize,
+    ) {
+        let (pa, px, po) = (a.as_ptr(), x.as_ptr(), out.as_mut_ptr());
+        let mut t = 0;
+        while t + 16 <= n {
+            gemm_t_cols::<2>(pa.add(t), stride, hd, px, ldx, rows, po.add(t), ldo);
+            t += 16;
+        }
+        if t + 8 <= n {
+            gemm_t_cols::<1>(pa.add(t), stride, hd, px, ldx, rows, po.add(t), ldo);
+            t += 8;
+        }
+        for r in 0..rows {
+            for tt in t..n {
+                let mut acc = 0.0f32;
+                for d in 0..hd {
+                    acc = a[d * stride + tt].mul_add(x[r * ldx + d], acc);
+                }
+                out[r * ldo + tt] = acc;
+            }
+        }
+    }
+
+    /// `R` rows × `8D` values of [`super::fma_rows`], the accumulators in registers.
+    #[inline(always)]
+    unsafe fn fma_rows_block<const R: usize, const D: usize>(
+        py: *mut f32,
+        ldy: usize,
+        pp: *const f32,
+        ldp: usize,
+        pv: *const f32,
+        ldv: usize,
+        n: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); D]; R];
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            for (i, a) in acc_r.iter_mut().enumerate() {
+                *a = _mm256_loadu_ps(py.add(r * ldy + 8 * i));
+            }
+        }
+        for t in 0..n {
+            let mut v = [_mm256_setzero_ps(); D];
+            for (i, vi) in v.iter_mut().enumerate() {
+                *vi = _mm256_loadu_ps(pv.add(t * ldv + 8 * i));
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let s = _mm256_broadcast_ss(&*pp.add(r * ldp + t));
+                for (a, vi) in acc_r.iter_mut().zip(v.iter()) {
+                    *a = _mm256_fmadd_ps(s, *vi, *a);
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (i, a) in acc_r.iter().enumerate() {
+                _mm256_storeu_ps(py.add(r * ldy + 8 * i), *a);
+            }
+        }
+    }
+
+    /// All rows of [`super::fma_rows`] for the `8D` values at `py`/`pv`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn fma_rows_values<const D: usize>(
+        py: *mut f32,
+        ldy: usize,
+        rows: usize,
+        pp: *const f32,
+        ldp: usize,
+        pv: *const f32,
+        ldv: usize,
+        n: usize,
+    ) {
+        let mut r = 0;
+        while r + 2 <= rows {
+            fma_rows_block::<2, D>(py.add(r * ldy), ldy, pp.add(r * ldp), ldp, pv, ldv, n);
+            r += 2;
+        }
+        if r < rows {
+            fma_rows_block::<1, D>(py.add(r * ldy), ldy, pp.add(r * ldp), ldp, pv, ldv, n);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn fma_rows(
+        y: &mut [f32],
+        ldy: usize,
+        rows: usize,
+        p: &[f32],
+        ldp: usize,
+        v: &[f32],
+        ldv: usize,
+        n: usize,
+        len: usize,
+    ) {
+        let (py, pp, pv) = (y.as_mut_ptr(), p.as_ptr(), v.as_ptr());
+        let mut i = 0;
+        while i + 32 <= len {
+            fma_rows_values::<4>(py.add(i), ldy, rows, pp, ldp, pv.add(i), ldv, n);
+            i += 32;
+        }
+        while i + 8 <= len {
+            fma_rows_values::<1>(py.add(i), ldy, rows, pp, ldp, pv.add(i), ldv, n);
+            i += 8;
+        }
+        for r in 0..rows {
+            for t in 0..n {
+                let s = p[r * ldp + t];
+                for ii in i..len {
+                    y[r * ldy + ii] = v[t * ldv + ii].mul_add(s, y[r * ldy + ii]);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn f16_to_f32(x: &[u16], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let mut i = 0;
+        while i + 8 <= n {
+            let v = _mm256_cvtph_ps(_mm_loadu_si128(px.add(i) as *const __m128i));
+            _mm256_storeu_ps(py.add(i), v);
+            i += 8;
+        }
+        for (o, b) in y[i..n].iter_mut().zip(&x[i..n]) {
+            *o = half::f16::from_bits(*b).to_f32();
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn f16_to_f32_transposed(
+        x: &[u16],
+        ldx: usize,
+        rows: usize,
+        cols: usize,
+        y: &mut [f32],
+        ldy: usize,
+    ) {
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let (r8, c8) = (rows & !7, cols & !7);
+        for r in (0..r8).step_by(8) {
+            for c in (0..c8).step_by(8) {
+                // eight rows of eight values, then an 8x8 transpose in registers
+                let v: [__m256; 8] = std::array::from_fn(|i| {
+                    _mm256_cvtph_ps(_mm_loadu_si128(px.add((r + i) * ldx + c) as *const __m128i))
+                });
+                let t0 = _mm256_unpacklo_ps(v[0], v[1]);
+                let t1 = _mm256_unpackhi_ps(v[0], v[1]);
+                let t2 = _mm256_unpacklo_ps(v[2], v[3]);
+                let t3 = _mm256_unpackhi_ps(v[2], v[3]);
+                let t4 = _mm256_unpacklo_ps(v[4], v[5]);
+                let t5 = _mm256_unpackhi_ps(v[4], v[5]);
+                let t6 = _mm256_unpacklo_ps(v[6], v[7]);
+                let t7 = _mm256_unpackhi_ps(v[6], v[7]);
+                let s0 = _mm256_shuffle_ps::<0b01_00_01_00>(t0, t2);
+                let s1 = _mm256_shuffle_ps::<0b11_10_11_10>(t0, t2);
+                let s2 = _mm256_shuffle_ps::<0b01_00_01_00>(t1, t3);
+                let s3 = _mm256_shuffle_ps::<0b11_10_11_10>(t1, t3);
+                let s4 = _mm256_shuffle_ps::<0b01_00_01_00>(t4, t6);
+                let s5 = _mm256_shuffle_ps::<0b11_10_11_10>(t4, t6);
+                let s6 = _mm256_shuffle_ps::<0b01_00_01_00>(t5, t7);
+                let s7 = _mm256_shuffle_ps::<0b11_10_11_10>(t5, t7);
+                let out = [
+                    _mm256_permute2f128_ps::<0x20>(s0, s4),
+                    _mm256_permute2f128_ps::<0x20>(s1, s5),
+                    _mm256_permute2f128_ps::<0x20>(s2, s6),
+                    _mm256_permute2f128_ps::<0x20>(s3, s7),
+                    _mm256_permute2f128_ps::<0x31>(s0, s4),
+                    _mm256_permute2f128_ps::<0x31>(s1, s5),
+                    _mm256_permute2f128_ps::<0x31>(s2, s6),
+                    _mm256_permute2f128_ps::<0x31>(s3, s7),
+                ];
+                for (k, o) in out.iter().enumerate() {
+                    _mm256_storeu_ps(py.add((c + k) * ldy + r), *o);
+                }
+            }
+        }
+        for r in 0..rows {
+            let c0 = if r < r8 { c8 } else { 0 };
+            for c in c0..cols {
+                *py.add(c * ldy + r) = half::f16::from_bits(*px.add(r * ldx + c)).to_f32();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-2, 2) with varied exponents, so that any change in the
+    /// order of the f32 operations shows in the last bits.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32 - 0.5) * 4.0
+            })
+            .collect()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    // Exact equality is the contract: the blocked kernels only share loads between rows,
+    // each output keeps the FMA chain of the one-row routine.
+    #[test]
+    fn gemm_t_fma_is_gemv_t_fma_row_by_row() {
+        for (rows, n, hd) in [
+            (1, 64, 256),
+            (4, 64, 256),
+            (7, 64, 64),
+            (5, 29, 40),
+            (9, 8, 3),
+        ] {
+            let stride = n + 3;
+            let a = values(hd * stride, 1);
+            let x = values(rows * (hd + 1), 2);
+            let mut out = vec![0.0; rows * (n + 2)];
+            gemm_t_fma(&a, stride, n, hd, &x, hd + 1, rows, &mut out, n + 2);
+            for r in 0..rows {
+                let mut one = vec![0.0; n];
+                gemv_t_fma(&a, stride, n, &x[r * (hd + 1)..r * (hd + 1) + hd], &mut one);
+                assert_eq!(
+                    bits(&out[r * (n + 2)..r * (n + 2) + n]),
+                    bits(&one),
+                    "row {r} of {rows}, n {n}, hd {hd}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fma_rows_is_fma_f32_key_by_key() {
+        for (rows, n, len) in [
+            (1, 64, 256),
+            (2, 64, 256),
+            (5, 17, 256),
+            (3, 9, 45),
+            (4, 1, 7),
+        ] {
+            let (ldy, ldp, ldv) = (len + 1, n + 2, len + 5);
+            let y0 = values(rows * ldy, 3);
+            let p = values(rows * ldp, 4);
+            let v = values(n * ldv, 5);
+            let mut y = y0.clone();
+            fma_rows(&mut y, ldy, rows, &p, ldp, &v, ldv, n, len);
+            for r in 0..rows {
+                let mut one = y0[r * ldy..r * ldy + len].to_vec();
+                for t in 0..n {
+                    fma_f32(&mut one, p[r * ldp + t], &v[t * ldv..t * ldv + len]);
+                }
+                assert_eq!(
+                    bits(&y[r * ldy..r * ldy + len]),
+                    bits(&one),
+                    "row {r} of {rows}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn f16_conversions_match_half() {
+        let src: Vec<u16> = values(37 * 70, 6)
+            .iter()
+            .map(|&x| f16::from_f32(x * 1000.0).to_bits())
+            .collect();
+        let mut flat = vec![0.0; src.len()];
+        f16_to_f32(&src, &mut flat);
+        for (o, b) in flat.iter().zip(&src) {
+            assert_eq!(o.to_bits(), f16::from_bits(*b).to_f32().to_bits());
+        }
+        // 19 rows of 67 values (both past a multiple of 8), row stride 70, into stride 21
+        let (rows, cols, ldx, ldy) = (19, 67, 70, 21);
+        let mut t = vec![f32::NAN; cols * ldy];
+        f16_to_f32_transposed(&src, ldx, rows, cols, &mut t, ldy);
+        for r in 0..rows {
+            for c in 0..cols {
+                let want = f16::from_bits(src[r * ldx + c]).to_f32();
+                assert_eq!(t[c * ldy + r].to_bits(), want.to_bits(), "({r}, {c})");
+            }
         }
     }
 }

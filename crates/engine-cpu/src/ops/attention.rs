@@ -337,11 +337,17 @@ pub fn attend_split_kv(
 
 /// Keys per tile in llama.cpp's tiled flash attention.
 const TILE_KV: usize = 64;
+/// Most query rows [`attend_tiled`] takes at once.
+pub const MAX_TILED_ROWS: usize = 64;
 
-/// Per-thread buffers of the tiled path: transposed K tile, V tile, per-row accumulators.
+/// Per-thread buffers of the tiled path: transposed K tile, queries side by side, scores and
+/// probabilities per row, V tile, per-row accumulators.
 #[derive(Default)]
 struct TileScratch {
     kt: Vec<f32>,
+    q: Vec<f32>,
+    sc: Vec<f32>,
+    p: Vec<f32>,
     v32: Vec<f32>,
     acc: Vec<f32>,
     m: Vec<f32>,
@@ -367,7 +373,9 @@ pub struct TiledRow<'a> {
 /// in tiles of 64 aligned at position 0, scores as sequential FMA chains over the head
 /// dimensions, one online-softmax update per tile with ggml's vectorised exp, values
 /// accumulated in f32 by FMA chains. Each K and V tile is converted once for the whole
-/// group; every row's arithmetic is the same as if it were alone.
+/// group, each pass over a K tile scores four rows ([`vecops::gemm_t_fma`]) and each pass
+/// over a V tile feeds two rows' accumulators held in registers ([`vecops::fma_rows`]);
+/// every row's arithmetic is the same as if it were alone.
 pub fn attend_tiled(
     job: &HeadJob,
     rows: &mut [TiledRow],
@@ -414,27 +422,75 @@ fn tiled_inner(
     let first = rows.iter().map(|r| lo_of(r.pos)).min().unwrap_or(0) / TILE_KV;
     let max_pos = rows.iter().map(|r| r.pos).max().unwrap_or(0);
     let last = max_pos / TILE_KV;
-    let mut sc = [f32::NEG_INFINITY; TILE_KV];
+    let n = rows.len();
+    // The queries side by side, so that one pass over a K tile scores several rows.
+    t.q.clear();
+    for r in rows.iter() {
+        t.q.extend_from_slice(&r.q[..hd]);
+    }
+    t.sc.resize(n * TILE_KV, 0.0);
+    t.p.resize(n * TILE_KV, 0.0);
+    // Visible keys of each row in the current tile, relative to its start (empty: none).
+    let mut span = [(0usize, 0usize); MAX_TILED_ROWS];
+    assert!(
+        n <= MAX_TILED_ROWS,
+        "attend_tiled: at most {MAX_TILED_ROWS} rows"
+    );
     for tile in first..=last {
         let j0 = tile * TILE_KV;
         let j_end = (j0 + TILE_KV).min(max_pos + 1);
         // Convert the tile once: K transposed to [d][t], V to rows of f32.
+        let koff = (base + j0) * job.row_stride_k + kv_head * hd;
+        vecops::f16_to_f32_transposed(
+            &k[koff..],
+            job.row_stride_k,
+            j_end - j0,
+            hd,
+            &mut t.kt,
+            TILE_KV,
+        );
         for (tt, j) in (j0..j_end).enumerate() {
-            let koff = (base + j) * job.row_stride_k + kv_head * hd;
-            for d in 0..hd {
-                t.kt[d * TILE_KV + tt] = f16::from_bits(k[koff + d]).to_f32();
-            }
             let voff = (base + j) * job.row_stride_v + kv_head * hv;
             vecops::f16_to_f32(&v[voff..voff + hv], &mut t.v32[tt * hv..(tt + 1) * hv]);
         }
-        for (ri, r) in rows.iter_mut().enumerate() {
+        for (sp, r) in span.iter_mut().zip(rows.iter()) {
             let (jlo, jhi) = (j0.max(lo_of(r.pos)), (j0 + TILE_KV).min(r.pos + 1));
-            if jlo >= jhi {
-                continue; // every key of this tile is masked for this row
+            *sp = if jlo < jhi {
+                (jlo - j0, jhi - j0)
+            } else {
+                (0, 0) // every key of this tile is masked for this row
+            };
+        }
+        // Scores of every run of rows that see the tile, the whole tile at once (each score
+        // is the same FMA chain whatever the keys around it; masked ones are dropped below).
+        let mut r0 = 0;
+        while r0 < n {
+            if span[r0].0 == span[r0].1 {
+                r0 += 1;
+                continue;
             }
-            sc.fill(f32::NEG_INFINITY);
-            let (a, b) = (jlo - j0, jhi - j0);
-            vecops::gemv_t_fma(&t.kt[a..], TILE_KV, b - a, r.q, &mut sc[a..b]);
+            let r1 = r0 + span[r0..n].iter().take_while(|s| s.0 < s.1).count();
+            vecops::gemm_t_fma(
+                &t.kt,
+                TILE_KV,
+                TILE_KV,
+                hd,
+                &t.q[r0 * hd..],
+                hd,
+                r1 - r0,
+                &mut t.sc[r0 * TILE_KV..],
+                TILE_KV,
+            );
+            r0 = r1;
+        }
+        for ri in 0..n {
+            let (a, b) = span[ri];
+            if a == b {
+                continue;
+            }
+            let sc = &mut t.sc[ri * TILE_KV..(ri + 1) * TILE_KV];
+            sc[..a].fill(f32::NEG_INFINITY);
+            sc[b..].fill(f32::NEG_INFINITY);
             for x in &mut sc[a..b] {
                 *x = if job.softcap != 0.0 {
                     (*x * (job.scale / job.softcap)).tanh() * job.softcap
@@ -454,7 +510,7 @@ fn tiled_inner(
             }
             *m = m_new;
             let mut total = 0.0f64;
-            let mut p = [0.0f32; TILE_KV];
+            let p = &mut t.p[ri * TILE_KV..(ri + 1) * TILE_KV];
             for g in 0..TILE_KV / 8 {
                 let mut x = [0.0f32; 8];
                 for (i, xi) in x.iter_mut().enumerate() {
@@ -465,10 +521,26 @@ fn tiled_inner(
                 p[8 * g..8 * g + 8].copy_from_slice(&x);
             }
             *l = (*l as f64 + total) as f32;
-            for j in jlo..jhi {
-                let tt = j - j0;
-                vecops::fma_f32(acc, p[tt], &t.v32[tt * hv..(tt + 1) * hv]);
+        }
+        // Values: runs of rows with the same visible keys share every V load.
+        let mut r0 = 0;
+        while r0 < n {
+            let (a, b) = span[r0];
+            let r1 = r0 + span[r0..n].iter().take_while(|&&s| s == (a, b)).count();
+            if a < b {
+                vecops::fma_rows(
+                    &mut t.acc[r0 * hv..],
+                    hv,
+                    r1 - r0,
+                    &t.p[r0 * TILE_KV + a..],
+                    TILE_KV,
+                    &t.v32[a * hv..],
+                    hv,
+                    b - a,
+                    hv,
+                );
             }
+            r0 = r1;
         }
     }
     for (ri, r) in rows.iter_mut().enumerate() {
