@@ -349,7 +349,8 @@ impl<C: Codes32Min> BlockDot for Q1<C> {
     }
     #[inline(always)]
     unsafe fn step(acc: &mut (__m256, f32), w: &MinBlock, a: &Q81Block) {
-        acc.1 += w.m * a.s;
+        // `summs += m * s` in ggml's C, which GCC contracts to an FMA (`vfmadd231ss`)
+        acc.1 = w.m.mul_add(a.s, acc.1);
         let s = dot_u8_i8(w.q, a.q);
         acc.0 = _mm256_fmadd_ps(_mm256_set1_ps(w.d * a.d), _mm256_cvtepi32_ps(s), acc.0);
     }
@@ -659,7 +660,9 @@ impl BlockDot for Q5k {
             _mm256_cvtepi32_ps(sum4(prod)),
             acc.0,
         );
-        acc.1 += a.d * w.dmin * summ as f32;
+        // `summs += dmin * sum` in ggml's C (`dmin = -d_a * dmin_w`), contracted to an FMA by
+        // GCC; kept here with the opposite sign and subtracted at the end
+        acc.1 = (summ as f32).mul_add(a.d * w.dmin, acc.1);
     }
     #[inline(always)]
     unsafe fn finish(acc: Self::Acc) -> f32 {
