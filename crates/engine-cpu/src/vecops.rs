@@ -198,19 +198,14 @@ pub fn gemm_t_fma(
         out.len() >= (rows - 1) * ldo + n,
         "gemm_t_fma: out too short"
     );
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: features checked above, bounds asserted above.
-        return unsafe { x86::gemm_t_fma(a, stride, n, hd, x, ldx, rows, out, ldo) };
-    }
+    // The same products as `fma_rows` onto zeroed rows, with the roles swapped: each
+    // query value scales a row of the K tile (`fma(x, y, 0)` is `x*y` rounded, as the chain's
+    // first FMA from 0 is).
     for r in 0..rows {
-        for t in 0..n {
-            let mut acc = 0.0f32;
-            for d in 0..hd {
-                acc = a[d * stride + t].mul_add(x[r * ldx + d], acc);
-            }
-            out[r * ldo + t] = acc;
-        }
+        out[r * ldo..r * ldo + n].fill(0.0);
+    }
+    if hd > 0 {
+        fma_rows(out, ldo, rows, x, ldx, a, stride, hd, n);
     }
 }
 
@@ -585,99 +580,6 @@ mod x86 {
         }
     }
 
-    /// An `R`-row × `8G`-column block of [`super::gemm_t_fma`] at `pa` (column 0 of the
-    /// block), `px` (row 0's query) and `po` (row 0's output).
-    #[inline(always)]
-    unsafe fn gemm_t_block<const R: usize, const G: usize>(
-        pa: *const f32,
-        stride: usize,
-        hd: usize,
-        px: *const f32,
-        ldx: usize,
-        po: *mut f32,
-        ldo: usize,
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); G]; R];
-        for d in 0..hd {
-            let mut k = [_mm256_setzero_ps(); G];
-            for (g, kg) in k.iter_mut().enumerate() {
-                *kg = _mm256_loadu_ps(pa.add(d * stride + 8 * g));
-            }
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let q = _mm256_broadcast_ss(&*px.add(r * ldx + d));
-                for (a, kg) in acc_r.iter_mut().zip(k.iter()) {
-                    *a = _mm256_fmadd_ps(*kg, q, *a);
-                }
-            }
-        }
-        for (r, acc_r) in acc.iter().enumerate() {
-            for (g, a) in acc_r.iter().enumerate() {
-                _mm256_storeu_ps(po.add(r * ldo + 8 * g), *a);
-            }
-        }
-    }
-
-    /// All rows of [`super::gemm_t_fma`] for the `8G` columns at `t`.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    unsafe fn gemm_t_cols<const G: usize>(
-        pa: *const f32,
-        stride: usize,
-        hd: usize,
-        px: *const f32,
-        ldx: usize,
-        rows: usize,
-        po: *mut f32,
-        ldo: usize,
-    ) {
-        let mut r = 0;
-        while r + 4 <= rows {
-            gemm_t_block::<4, G>(pa, stride, hd, px.add(r * ldx), ldx, po.add(r * ldo), ldo);
-            r += 4;
-        }
-        let (px, po) = (px.add(r * ldx), po.add(r * ldo));
-        match rows - r {
-            3 => gemm_t_block::<3, G>(pa, stride, hd, px, ldx, po, ldo),
-            2 => gemm_t_block::<2, G>(pa, stride, hd, px, ldx, po, ldo),
-            1 => gemm_t_block::<1, G>(pa, stride, hd, px, ldx, po, ldo),
-            _ => {}
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn gemm_t_fma(
-        a: &[f32],
-        stride: usize,
-        n: usize,
-        hd: usize,
-        x: &[f32],
-        ldx: usize,
-        rows: usize,
-        out: &mut [f32],
-        ldo: usize,
-    ) {
-        let (pa, px, po) = (a.as_ptr(), x.as_ptr(), out.as_mut_ptr());
-        let mut t = 0;
-        while t + 16 <= n {
-            gemm_t_cols::<2>(pa.add(t), stride, hd, px, ldx, rows, po.add(t), ldo);
-            t += 16;
-        }
-        if t + 8 <= n {
-            gemm_t_cols::<1>(pa.add(t), stride, hd, px, ldx, rows, po.add(t), ldo);
-            t += 8;
-        }
-        for r in 0..rows {
-            for tt in t..n {
-                let mut acc = 0.0f32;
-                for d in 0..hd {
-                    acc = a[d * stride + tt].mul_add(x[r * ldx + d], acc);
-                }
-                out[r * ldo + tt] = acc;
-            }
-        }
-    }
-
     /// `R` rows × `8D` values of [`super::fma_rows`], the accumulators in registers.
     #[inline(always)]
     unsafe fn fma_rows_block<const R: usize, const D: usize>(
@@ -728,12 +630,16 @@ mod x86 {
         n: usize,
     ) {
         let mut r = 0;
-        while r + 2 <= rows {
-            fma_rows_block::<2, D>(py.add(r * ldy), ldy, pp.add(r * ldp), ldp, pv, ldv, n);
-            r += 2;
+        while r + 4 <= rows {
+            fma_rows_block::<4, D>(py.add(r * ldy), ldy, pp.add(r * ldp), ldp, pv, ldv, n);
+            r += 4;
         }
-        if r < rows {
-            fma_rows_block::<1, D>(py.add(r * ldy), ldy, pp.add(r * ldp), ldp, pv, ldv, n);
+        let (py, pp) = (py.add(r * ldy), pp.add(r * ldp));
+        match rows - r {
+            3 => fma_rows_block::<3, D>(py, ldy, pp, ldp, pv, ldv, n),
+            2 => fma_rows_block::<2, D>(py, ldy, pp, ldp, pv, ldv, n),
+            1 => fma_rows_block::<1, D>(py, ldy, pp, ldp, pv, ldv, n),
+            _ => {}
         }
     }
 
@@ -752,9 +658,9 @@ mod x86 {
     ) {
         let (py, pp, pv) = (y.as_mut_ptr(), p.as_ptr(), v.as_ptr());
         let mut i = 0;
-        while i + 32 <= len {
-            fma_rows_values::<4>(py.add(i), ldy, rows, pp, ldp, pv.add(i), ldv, n);
-            i += 32;
+        while i + 16 <= len {
+            fma_rows_values::<2>(py.add(i), ldy, rows, pp, ldp, pv.add(i), ldv, n);
+            i += 16;
         }
         while i + 8 <= len {
             fma_rows_values::<1>(py.add(i), ldy, rows, pp, ldp, pv.add(i), ldv, n);

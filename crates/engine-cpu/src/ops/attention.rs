@@ -374,7 +374,7 @@ pub struct TiledRow<'a> {
 /// dimensions, one online-softmax update per tile with ggml's vectorised exp, values
 /// accumulated in f32 by FMA chains. Each K and V tile is converted once for the whole
 /// group, each pass over a K tile scores four rows ([`vecops::gemm_t_fma`]) and each pass
-/// over a V tile feeds two rows' accumulators held in registers ([`vecops::fma_rows`]);
+/// over a V tile feeds four rows' accumulators held in registers ([`vecops::fma_rows`]);
 /// every row's arithmetic is the same as if it were alone.
 pub fn attend_tiled(
     job: &HeadJob,
