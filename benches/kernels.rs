@@ -2,7 +2,7 @@
 //! of them shows: `cargo bench -p engine-cpu --bench kernels [-- FILTER]`.
 //!
 //! * `gemv/TYPE`: one activation row against 512 weight rows of 2048 (decode), through the
-//!   detected instruction set's pair routine; throughput in weight bytes.
+//!   routine the matmul driver picks for a one-row batch; throughput in weight bytes.
 //! * `gemm/TYPE`: 64 activation rows against 64 weight rows (a prefill tile), through the
 //!   routine the matmul driver picks for a 64-row batch; throughput in multiply-adds.
 //! * `gemm-decode4/TYPE`: 4 activation rows against the 512 gemv rows (a decode step of four
@@ -13,7 +13,8 @@
 //! * `act/TYPE`: converting one f32 row of 2048 to an activation format.
 //!
 //! Weights are random values quantized with the project's own encoders, so scales and codes
-//! are realistic.
+//! are realistic; types without an encoder (the K-quants, IQ4_XS) get random codes under
+//! small finite block scales (their kernels' work does not depend on the values).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use engine_core::DType;
@@ -44,11 +45,35 @@ const TYPES: &[DType] = &[
     DType::MXFP4,
 ];
 
-/// `rows` random rows of `K` encoded as `t` (None when there is no encoder for it).
+/// Byte offsets of the f16 scales in one block of a type without an encoder, and its size.
+fn scale_offsets(t: DType) -> Option<(&'static [usize], usize)> {
+    Some(match t {
+        DType::Q2_K => (&[80, 82], 84),
+        DType::Q3_K => (&[108], 110),
+        DType::Q4_K => (&[0, 2], 144),
+        DType::Q5_K => (&[0, 2], 176),
+        DType::Q6_K => (&[208], 210),
+        DType::IQ4_XS => (&[0], 136),
+        _ => return None,
+    })
+}
+
+/// `rows` random rows of `K` encoded as `t`, or random codes with small block scales for a
+/// type the project has no encoder for (None when neither applies).
 fn weights(rng: &mut impl Rng, t: DType, rows: usize) -> Option<Vec<u8>> {
     let src: Vec<f32> = (0..rows * K).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
     let mut out = vec![0u8; t.row_bytes(K)? * rows];
-    engine_core::quant::quantize(t, &src, &mut out).ok()?;
+    if engine_core::quant::quantize(t, &src, &mut out).is_ok() {
+        return Some(out);
+    }
+    let (offsets, block) = scale_offsets(t)?;
+    rng.fill(&mut out[..]);
+    for b in out.chunks_exact_mut(block) {
+        for &o in offsets {
+            let d = half::f16::from_f32(rng.gen_range(0.001f32..0.01));
+            b[o..o + 2].copy_from_slice(&d.to_le_bytes());
+        }
+    }
     Some(out)
 }
 
@@ -64,11 +89,8 @@ fn activations(rng: &mut impl Rng, kern: &Kernel, cols: usize) -> (Vec<u8>, usiz
 }
 
 fn gemv(kern: &Kernel, w: &[u8], a: &[u8], out: &mut [f32]) {
-    let w_row = w.len() / out.len();
-    let dot = kern.dot();
-    for (r, o) in out.iter_mut().enumerate() {
-        *o = dot(K, &w[r * w_row..(r + 1) * w_row], a);
-    }
+    let rows = out.len();
+    gemm(kern, w, rows, a, a.len(), 1, out);
 }
 
 /// `out[c * rows + r] = dot(w row r, a row c)` through the routine the matmul driver picks

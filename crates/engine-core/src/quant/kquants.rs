@@ -25,22 +25,28 @@ pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// The 16 signed 6-bit scales of a Q3_K block, already offset by -32.
+/// The 16 unsigned 6-bit scales of a Q3_K block (before the -32 offset), four bytes per
+/// little-endian word.
 #[inline(always)]
-pub fn q3k_scales(packed: &[u8]) -> [i8; 16] {
+pub fn q3k_scale_words(packed: &[u8]) -> [u32; 4] {
     const KMASK1: u32 = 0x0303_0303;
     const KMASK2: u32 = 0x0f0f_0f0f;
     let rd =
         |o: usize| u32::from_le_bytes([packed[o], packed[o + 1], packed[o + 2], packed[o + 3]]);
     let (a0, a1, tmp) = (rd(0), rd(4), rd(8));
-    let aux = [
+    [
         (a0 & KMASK2) | ((tmp & KMASK1) << 4),
         (a1 & KMASK2) | (((tmp >> 2) & KMASK1) << 4),
         ((a0 >> 4) & KMASK2) | (((tmp >> 4) & KMASK1) << 4),
         ((a1 >> 4) & KMASK2) | (((tmp >> 6) & KMASK1) << 4),
-    ];
+    ]
+}
+
+/// The 16 signed 6-bit scales of a Q3_K block, already offset by -32.
+#[inline(always)]
+pub fn q3k_scales(packed: &[u8]) -> [i8; 16] {
     let mut out = [0i8; 16];
-    for (i, w) in aux.iter().enumerate() {
+    for (i, w) in q3k_scale_words(packed).iter().enumerate() {
         for (k, byte) in w.to_le_bytes().iter().enumerate() {
             out[i * 4 + k] = (*byte as i32 - 32) as i8;
         }

@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
-use engine_core::quant::kquants::{q3k_scales, scale_min_k4};
+use engine_core::quant::kquants::q3k_scale_words;
 use engine_core::quant::nonlinear::{e8m0_to_f32_half, iq4xs_scale, KVALUES_IQ4NL, KVALUES_MXFP4};
 
 use super::tile::BlockDot;
@@ -91,10 +91,66 @@ unsafe fn lut_nibbles(table: &[i8; 16], p: *const u8) -> __m256i {
     _mm256_set_m128i(hi, lo)
 }
 
-/// Two i16 scales: the first for lanes 0..8 (first 16 bytes), the second for lanes 8..16.
+/// Sixteen i16 scales (one per 16 codes) as the eight vectors that multiply `vpmaddubsw`
+/// results of 32 codes: vector `i` holds scale `2i` in lanes 0..8 and `2i + 1` in lanes
+/// 8..16. Byte shuffles of the widened scales, instead of a broadcast per scale.
 #[inline(always)]
-unsafe fn scale_pair(lo: i32, hi: i32) -> __m256i {
-    _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
+unsafe fn scale_pairs(scales16: __m256i) -> [__m256i; 8] {
+    let halves = [
+        _mm256_permute2x128_si256(scales16, scales16, 0x00),
+        _mm256_permute2x128_si256(scales16, scales16, 0x11),
+    ];
+    let mut out = [_mm256_setzero_si256(); 8];
+    for (i, o) in out.iter_mut().enumerate() {
+        // bytes of i16 lane 2i (mod 8) in the low 128 bits, of lane 2i + 1 in the high
+        let b = 4 * (i as i16 % 4);
+        let lo = _mm_set1_epi16(((b + 1) << 8) | b);
+        let hi = _mm_set1_epi16(((b + 3) << 8) | (b + 2));
+        *o = _mm256_shuffle_epi8(halves[i / 4], _mm256_set_m128i(hi, lo));
+    }
+    out
+}
+
+/// The eight scales and eight minimums of a Q4_K / Q5_K super-block (6 bits each, packed
+/// in the 12 bytes at `p`; ggml's `get_scale_min_k4` for all eight at once), widened to
+/// i16: scales in the low 128 bits, minimums in the high 128 bits.
+#[inline(always)]
+unsafe fn k4_scales_mins(p: *const u8) -> __m256i {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let w = |i: usize| (p.add(4 * i) as *const u32).read_unaligned();
+    let (a, b, c) = (w(0), w(1), w(2));
+    // groups 0..4: the low six bits of bytes 0..4 (scales) and 4..8 (minimums); groups
+    // 4..8: a nibble of bytes 8..12 below the top two bits of bytes 0..4 / 4..8
+    let scales_hi = (c & LOW4) | (((a >> 6) & LOW2) << 4);
+    let mins_hi = ((c >> 4) & LOW4) | (((b >> 6) & LOW2) << 4);
+    _mm256_cvtepu8_epi16(_mm_setr_epi32(
+        (a & LOW6) as i32,
+        scales_hi as i32,
+        (b & LOW6) as i32,
+        mins_hi as i32,
+    ))
+}
+
+/// One i16 scale per 32 codes (`scales16`'s lanes 0..8) broadcast, one vector per group.
+#[inline(always)]
+unsafe fn scale_each(scales16: __m256i) -> [__m256i; 8] {
+    let low = _mm256_permute2x128_si256(scales16, scales16, 0x00);
+    let mut out = [_mm256_setzero_si256(); 8];
+    for (g, o) in out.iter_mut().enumerate() {
+        let b = 2 * g as i16;
+        *o = _mm256_shuffle_epi8(low, _mm256_set1_epi16(((b + 1) << 8) | b));
+    }
+    out
+}
+
+/// The sum of four i32 lanes.
+#[inline(always)]
+unsafe fn hsum_epi32x4(v: __m128i) -> i32 {
+    let s = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
 }
 
 /// Q8_K's block scale.
@@ -408,15 +464,21 @@ impl Q8kBlock {
     unsafe fn bsum(&self, i: usize) -> i32 {
         q8k_bsum(self.y, i)
     }
+    /// The code sums of the eight groups of 32, as i16 (at most 32 · 127 in magnitude).
+    #[inline(always)]
+    unsafe fn bsums32(&self) -> __m128i {
+        let b = load(self.y.add(260));
+        _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1))
+    }
 }
 
 /// A Q4_K super-block unpacked: eight groups of 32 unsigned codes, their scales as i16
-/// vectors, their minimums, and the two f16 scales.
+/// vectors, their eight minimums (i16), and the two f16 scales.
 #[derive(Clone, Copy)]
 pub(crate) struct Q4kBlock {
     q: [__m256i; 8],
     s: [__m256i; 8],
-    m: [i32; 8],
+    m: __m128i,
     d: f32,
     dmin: f32,
 }
@@ -424,12 +486,12 @@ pub(crate) struct Q4kBlock {
 /// Q4_K's unpacking, shared by its llama.cpp epilogues.
 #[inline(always)]
 unsafe fn q4k_unpack(x: *const u8) -> Q4kBlock {
-    let xs = std::slice::from_raw_parts(x, 144);
     let m4 = _mm256_set1_epi8(0x0f);
+    let sm = k4_scales_mins(x.add(4));
     let mut b = Q4kBlock {
         q: [_mm256_setzero_si256(); 8],
-        s: [_mm256_setzero_si256(); 8],
-        m: [0; 8],
+        s: scale_each(sm),
+        m: _mm256_extracti128_si256(sm, 1),
         d: f16(x),
         dmin: f16(x.add(2)),
     };
@@ -437,21 +499,16 @@ unsafe fn q4k_unpack(x: *const u8) -> Q4kBlock {
         let q = load(x.add(16 + 32 * j));
         b.q[2 * j] = _mm256_and_si256(q, m4);
         b.q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-        for h in 0..2 {
-            let (s, m) = scale_min_k4(2 * j + h, &xs[4..16]);
-            b.s[2 * j + h] = _mm256_set1_epi16(s as i16);
-            b.m[2 * j + h] = m as i32;
-        }
     }
     b
 }
 
 /// Q4_K's exact products per 64 elements (i32 lanes, ggml's layout) and minimum
-/// corrections per 64 elements (`m[2u]*b[2u] + m[2u+1]*b[2u+1]` over 32-element sums).
+/// corrections per 64 elements (`m[2u]*b[2u] + m[2u+1]*b[2u+1]` over 32-element sums, one
+/// i32 lane each).
 #[inline(always)]
-unsafe fn q4k_groups(w: &Q4kBlock, a: &Q8kBlock) -> ([__m256i; 4], [i32; 4]) {
+unsafe fn q4k_groups(w: &Q4kBlock, a: &Q8kBlock) -> ([__m256i; 4], __m128i) {
     let mut prod = [_mm256_setzero_si256(); 4];
-    let mut mins = [0i32; 4];
     for j in 0..4 {
         let lo = _mm256_madd_epi16(w.s[2 * j], _mm256_maddubs_epi16(w.q[2 * j], a.q(2 * j)));
         let hi = _mm256_madd_epi16(
@@ -459,10 +516,8 @@ unsafe fn q4k_groups(w: &Q4kBlock, a: &Q8kBlock) -> ([__m256i; 4], [i32; 4]) {
             _mm256_maddubs_epi16(w.q[2 * j + 1], a.q(2 * j + 1)),
         );
         prod[j] = _mm256_add_epi32(lo, hi);
-        mins[j] = w.m[2 * j] * (a.bsum(4 * j) + a.bsum(4 * j + 1))
-            + w.m[2 * j + 1] * (a.bsum(4 * j + 2) + a.bsum(4 * j + 3));
     }
-    (prod, mins)
+    (prod, _mm_madd_epi16(w.m, a.bsums32()))
 }
 
 #[inline(always)]
@@ -526,8 +581,7 @@ impl Q4kEpilogue for VecDot {
         let d = a.d * w.d;
         let dmin = -a.d * w.dmin;
         let (prod, mins) = q4k_groups(w, a);
-        let m = _mm_setr_epi32(mins[0], mins[1], mins[2], mins[3]);
-        acc.1 = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(m), acc.1);
+        acc.1 = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(mins), acc.1);
         acc.0 = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sum4(prod)), acc.0);
     }
     #[inline(always)]
@@ -550,7 +604,7 @@ impl Q4kEpilogue for RepackGemv {
     #[inline(always)]
     unsafe fn step(acc: &mut Self::Acc, w: &Q4kBlock, a: &Q8kBlock) {
         let (prod, mins) = q4k_groups(w, a);
-        let summ = mins.iter().sum::<i32>();
+        let summ = hsum_epi32x4(mins);
         acc.0 = (hsum_epi32(sum4(prod)) as f32).mul_add(w.d * a.d, acc.0);
         acc.1 = (summ as f32).mul_add(w.dmin * a.d, acc.1);
     }
@@ -572,9 +626,11 @@ impl Q4kEpilogue for RepackGemm {
     unsafe fn step(acc: &mut Self::Acc, w: &Q4kBlock, a: &Q8kBlock) {
         let (d, dmin) = (w.d * a.d, w.dmin * a.d);
         let (prod, mins) = q4k_groups(w, a);
+        let mut m = [0i32; 4];
+        _mm_storeu_si128(m.as_mut_ptr() as *mut __m128i, mins);
         for j in 0..4 {
             acc.0 = (hsum_epi32(prod[j]) as f32).mul_add(d, acc.0);
-            acc.1 = (mins[j] as f32).mul_add(dmin, acc.1);
+            acc.1 = (m[j] as f32).mul_add(dmin, acc.1);
         }
     }
     #[inline(always)]
@@ -594,7 +650,7 @@ impl Q4kEpilogue for Tiled {
     #[inline(always)]
     unsafe fn step(acc: &mut f32, w: &Q4kBlock, a: &Q8kBlock) {
         let (prod, mins) = q4k_groups(w, a);
-        let s2 = mins.iter().sum::<i32>() as f32;
+        let s2 = hsum_epi32x4(mins) as f32;
         let res = (-w.dmin).mul_add(s2, w.d * hsum_epi32(sum4(prod)) as f32);
         *acc = res.mul_add(a.d, *acc);
     }
@@ -616,14 +672,14 @@ impl BlockDot for Q5k {
 
     #[inline(always)]
     unsafe fn unpack(x: *const u8) -> Q4kBlock {
-        let xs = std::slice::from_raw_parts(x, 176);
         let m4 = _mm256_set1_epi8(0x0f);
         let one = _mm256_set1_epi8(1);
         let hbits = load(x.add(16));
+        let sm = k4_scales_mins(x.add(4));
         let mut b = Q4kBlock {
             q: [_mm256_setzero_si256(); 8],
-            s: [_mm256_setzero_si256(); 8],
-            m: [0; 8],
+            s: scale_each(sm),
+            m: _mm256_extracti128_si256(sm, 1),
             d: f16(x),
             dmin: f16(x.add(2)),
         };
@@ -635,11 +691,6 @@ impl BlockDot for Q5k {
             let q = load(x.add(48 + 32 * j));
             b.q[2 * j] = _mm256_or_si256(_mm256_and_si256(q, m4), h_lo);
             b.q[2 * j + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), h_hi);
-            for h in 0..2 {
-                let (s, m) = scale_min_k4(2 * j + h, &xs[4..16]);
-                b.s[2 * j + h] = _mm256_set1_epi16(s as i16);
-                b.m[2 * j + h] = m as i32;
-            }
         }
         b
     }
@@ -654,7 +705,7 @@ impl BlockDot for Q5k {
     #[inline(always)]
     unsafe fn step(acc: &mut Self::Acc, w: &Q4kBlock, a: &Q8kBlock) {
         let (prod, mins) = q4k_groups(w, a);
-        let summ = mins.iter().sum::<i32>();
+        let summ = hsum_epi32x4(mins);
         acc.0 = _mm256_fmadd_ps(
             _mm256_set1_ps(a.d * w.d),
             _mm256_cvtepi32_ps(sum4(prod)),
@@ -697,16 +748,16 @@ impl<const TILED: bool> BlockDot for Q6k<TILED> {
     unsafe fn unpack(x: *const u8) -> Q6kBlock {
         let m4 = _mm256_set1_epi8(0x0f);
         let m2 = _mm256_set1_epi8(0x03);
+        let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(192) as *const __m128i));
         let mut b = Q6kBlock {
             q: [_mm256_setzero_si256(); 8],
-            s: [_mm256_setzero_si256(); 8],
-            scales16: _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(192) as *const __m128i)),
+            s: scale_pairs(scales16),
+            scales16,
             d: f16(x.add(208)),
         };
         for chunk in 0..2 {
             let ql = x.add(64 * chunk);
             let qh = load(x.add(128 + 32 * chunk));
-            let sc = x.add(192 + 8 * chunk) as *const i8;
             let l0 = load(ql);
             let l1 = load(ql.add(32));
             let hi = |s: i32| {
@@ -723,9 +774,6 @@ impl<const TILED: bool> BlockDot for Q6k<TILED> {
             q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), hi(2));
             q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), hi(4));
             q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), hi(6));
-            for g in 0..4 {
-                b.s[4 * chunk + g] = scale_pair(*sc.add(2 * g) as i32, *sc.add(2 * g + 1) as i32);
-            }
         }
         b
     }
@@ -786,14 +834,18 @@ impl BlockDot for Q3k {
     #[inline(always)]
     unsafe fn unpack(x: *const u8) -> SignedKBlock {
         let xs = std::slice::from_raw_parts(x, 110);
-        let scales = q3k_scales(&xs[96..108]);
+        let w = q3k_scale_words(&xs[96..108]);
+        let scales = _mm_sub_epi8(
+            _mm_setr_epi32(w[0] as i32, w[1] as i32, w[2] as i32, w[3] as i32),
+            _mm_set1_epi8(32),
+        );
         let m3 = _mm256_set1_epi8(3);
         let four = _mm256_set1_epi8(4);
         let hm = load(x);
         let mut b = SignedKBlock {
             abs: [_mm256_setzero_si256(); 8],
             q: [_mm256_setzero_si256(); 8],
-            s: [_mm256_setzero_si256(); 8],
+            s: scale_pairs(_mm256_cvtepi8_epi16(scales)),
             d: f16(x.add(108)),
         };
         for chunk in 0..2 {
@@ -808,7 +860,6 @@ impl BlockDot for Q3k {
                 let c = _mm256_sub_epi8(low, _mm256_andnot_si256(set, four));
                 b.q[i] = c;
                 b.abs[i] = _mm256_sign_epi8(c, c);
-                b.s[i] = scale_pair(scales[2 * i] as i32, scales[2 * i + 1] as i32);
             }
         }
         b
@@ -910,9 +961,10 @@ impl BlockDot for Q2k {
     #[inline(always)]
     unsafe fn unpack(x: *const u8) -> Q2kBlock {
         let m3 = _mm256_set1_epi8(3);
+        let low = _mm_and_si128(_mm_loadu_si128(x as *const __m128i), _mm_set1_epi8(0x0f));
         let mut b = Q2kBlock {
             q: [_mm256_setzero_si256(); 8],
-            s: [_mm256_setzero_si256(); 8],
+            s: scale_pairs(_mm256_cvtepu8_epi16(low)),
             m: [0; 16],
             d: f16(x.add(80)),
             dmin: f16(x.add(82)),
@@ -925,10 +977,6 @@ impl BlockDot for Q2k {
             for j in 0..4 {
                 let i = 4 * chunk + j;
                 b.q[i] = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j as i32)), m3);
-                b.s[i] = scale_pair(
-                    (*x.add(2 * i) & 0x0f) as i32,
-                    (*x.add(2 * i + 1) & 0x0f) as i32,
-                );
             }
         }
         b
