@@ -26,6 +26,9 @@ struct Shared {
     epoch: AtomicUsize,
     /// Workers that have not yet finished the current epoch.
     busy: AtomicUsize,
+    /// Workers asleep on `wake` (or about to be): `run` skips the wake-up system call when
+    /// every worker is still spinning, as they are between the jobs of a decode step.
+    sleepers: AtomicUsize,
     shutdown: AtomicBool,
     panicked: Mutex<Option<Box<dyn std::any::Any + Send>>>,
     sleep_lock: Mutex<()>,
@@ -57,6 +60,7 @@ impl ThreadPool {
             next: AtomicUsize::new(0),
             epoch: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             panicked: Mutex::new(None),
             sleep_lock: Mutex::new(()),
@@ -108,8 +112,11 @@ impl ThreadPool {
         s.n_tasks.store(n_tasks, Ordering::Relaxed);
         s.next.store(0, Ordering::Relaxed);
         s.busy.store(self.workers.len(), Ordering::Relaxed);
-        s.epoch.fetch_add(1, Ordering::Release);
-        {
+        // SeqCst on both sides: either a worker about to sleep sees the new epoch, or this
+        // thread sees it counted as a sleeper (and then wakes it under the lock it holds
+        // from its check until it waits).
+        s.epoch.fetch_add(1, Ordering::SeqCst);
+        if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _l = s.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
@@ -163,12 +170,14 @@ fn worker(s: Arc<Shared>) {
                 continue;
             }
             let guard = s.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
-            if s.epoch.load(Ordering::Acquire) == seen && !s.shutdown.load(Ordering::Acquire) {
+            s.sleepers.fetch_add(1, Ordering::SeqCst);
+            if s.epoch.load(Ordering::SeqCst) == seen && !s.shutdown.load(Ordering::Acquire) {
                 let _g = s
                     .wake
                     .wait_timeout(guard, Duration::from_millis(100))
                     .unwrap_or_else(|e| e.into_inner());
             }
+            s.sleepers.fetch_sub(1, Ordering::SeqCst);
         }
         // SAFETY: `run` set `job` before bumping the epoch and keeps it alive until `busy`
         // drops to zero, which happens only after this read and the calls below.
