@@ -4,6 +4,7 @@
 //! Hub's file list and digests, split sets, HF_TOKEN) — each leaving the store consistent:
 //! nothing half-written is ever listed. Also `engine create` from a Modelfile, `show`, `rm`.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -160,13 +161,22 @@ fn ctrl_c_mid_download_keeps_the_store_consistent_and_the_next_pull_resumes() {
             ..Default::default()
         },
     );
-    let mut child = engine(&store)
-        .args(["pull", &srv.url(path), "--name", "tiny"])
+    let mut cmd = engine(&store);
+    cmd.args(["pull", &srv.url(path), "--name", "tiny"])
         .args(["--sha256", &sha256(&bytes)])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    // A process started in the background by a non-interactive shell (as CI runners may
+    // start the test suite) inherits SIGINT as ignored; Ctrl-C at a terminal reaches a
+    // pull with the default disposition, so restore it for the child.
+    // SAFETY: `signal` is async-signal-safe, the only call made between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
     let part = part_file(&store, "tiny", "llama-F32.gguf");
     let t0 = Instant::now();
     while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 256 << 10 {
