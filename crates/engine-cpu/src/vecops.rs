@@ -170,6 +170,14 @@ pub fn gemv_t_fma(a: &[f32], stride: usize, n: usize, x: &[f32], out: &mut [f32]
     }
 }
 
+/// Panics unless `rows` rows of `width` elements, `ld` apart, fit in `len` elements.
+fn check_strided(what: &str, len: usize, rows: usize, ld: usize, width: usize) {
+    assert!(
+        rows == 0 || width == 0 || len >= (rows - 1) * ld + width,
+        "{what} too short"
+    );
+}
+
 /// Several rows of [`gemv_t_fma`] at once, sharing every load of `a`:
 /// `out[r*ldo + t] = sum_d a[d*stride + t] * x[r*ldx + d]` for `r < rows`, `t < n`, `d < hd`.
 /// Every output is the same FMA chain over `d` as [`gemv_t_fma`]'s, so the results are
@@ -189,15 +197,8 @@ pub fn gemm_t_fma(
     if rows == 0 || n == 0 {
         return;
     }
-    assert!(
-        hd == 0 || a.len() >= (hd - 1) * stride + n,
-        "gemm_t_fma: a too short"
-    );
-    assert!(x.len() >= (rows - 1) * ldx + hd, "gemm_t_fma: x too short");
-    assert!(
-        out.len() >= (rows - 1) * ldo + n,
-        "gemm_t_fma: out too short"
-    );
+    // (`fma_rows` checks `a` and `x`)
+    check_strided("gemm_t_fma: out", out.len(), rows, ldo, n);
     // The same products as `fma_rows` onto zeroed rows, with the roles swapped: each
     // query value scales a row of the K tile (`fma(x, y, 0)` is `x*y` rounded, as the chain's
     // first FMA from 0 is).
@@ -229,9 +230,9 @@ pub fn fma_rows(
     if rows == 0 || n == 0 || len == 0 {
         return;
     }
-    assert!(y.len() >= (rows - 1) * ldy + len, "fma_rows: y too short");
-    assert!(p.len() >= (rows - 1) * ldp + n, "fma_rows: p too short");
-    assert!(v.len() >= (n - 1) * ldv + len, "fma_rows: v too short");
+    check_strided("fma_rows: y", y.len(), rows, ldy, len);
+    check_strided("fma_rows: p", p.len(), rows, ldp, n);
+    check_strided("fma_rows: v", v.len(), n, ldv, len);
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: features checked above, bounds asserted above.
@@ -285,14 +286,8 @@ pub fn f16_to_f32_transposed(
     if rows == 0 || cols == 0 {
         return;
     }
-    assert!(
-        x.len() >= (rows - 1) * ldx + cols,
-        "f16_to_f32_transposed: x too short"
-    );
-    assert!(
-        y.len() >= (cols - 1) * ldy + rows,
-        "f16_to_f32_transposed: y too short"
-    );
+    check_strided("f16_to_f32_transposed: x", x.len(), rows, ldx, cols);
+    check_strided("f16_to_f32_transposed: y", y.len(), cols, ldy, rows);
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: features checked above, bounds asserted above.
