@@ -45,19 +45,6 @@ const TYPES: &[DType] = &[
     DType::MXFP4,
 ];
 
-/// Byte offsets of the f16 scales in one block of a type without an encoder, and its size.
-fn scale_offsets(t: DType) -> Option<(&'static [usize], usize)> {
-    Some(match t {
-        DType::Q2_K => (&[80, 82], 84),
-        DType::Q3_K => (&[108], 110),
-        DType::Q4_K => (&[0, 2], 144),
-        DType::Q5_K => (&[0, 2], 176),
-        DType::Q6_K => (&[208], 210),
-        DType::IQ4_XS => (&[0], 136),
-        _ => return None,
-    })
-}
-
 /// `rows` random rows of `K` encoded as `t`, or random codes with small block scales for a
 /// type the project has no encoder for (None when neither applies).
 fn weights(rng: &mut impl Rng, t: DType, rows: usize) -> Option<Vec<u8>> {
@@ -66,9 +53,12 @@ fn weights(rng: &mut impl Rng, t: DType, rows: usize) -> Option<Vec<u8>> {
     if engine_core::quant::quantize(t, &src, &mut out).is_ok() {
         return Some(out);
     }
-    let (offsets, block) = scale_offsets(t)?;
+    let offsets = engine_testdata::f16_scale_fields(t);
+    if offsets.is_empty() {
+        return None;
+    }
     rng.fill(&mut out[..]);
-    for b in out.chunks_exact_mut(block) {
+    for b in out.chunks_exact_mut(t.type_size()) {
         for &o in offsets {
             let d = half::f16::from_f32(rng.gen_range(0.001f32..0.01));
             b[o..o + 2].copy_from_slice(&d.to_le_bytes());

@@ -29,14 +29,7 @@ fn random_weights(rng: &mut impl Rng, t: DType, n: usize, rows: usize) -> Vec<u8
         _ => {
             let mut b: Vec<u8> = (0..rb * rows).map(|_| rng.gen()).collect();
             // keep the f16 scale fields finite and moderate
-            let fields: &[usize] = match t {
-                DType::Q4_0 | DType::Q5_0 | DType::Q8_0 | DType::IQ4_NL | DType::IQ4_XS => &[0],
-                DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
-                DType::Q2_K => &[80, 82],
-                DType::Q3_K => &[108],
-                DType::Q6_K => &[208],
-                _ => &[],
-            };
+            let fields = engine_testdata::f16_scale_fields(t);
             let ts = t.type_size();
             for blk in b.chunks_exact_mut(ts) {
                 for &f in fields {

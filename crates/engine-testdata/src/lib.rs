@@ -15,6 +15,20 @@ use std::sync::Mutex;
 pub mod http;
 pub mod logits;
 
+/// Byte offsets of the f16 scale fields in one block of `t` (empty for types without one),
+/// for tests and benches that fill blocks with random codes and must keep the scales finite.
+pub fn f16_scale_fields(t: engine_core::DType) -> &'static [usize] {
+    use engine_core::DType;
+    match t {
+        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 | DType::IQ4_NL | DType::IQ4_XS => &[0],
+        DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
+        DType::Q2_K => &[80, 82],
+        DType::Q3_K => &[108],
+        DType::Q6_K => &[208],
+        _ => &[],
+    }
+}
+
 /// The llama-cpp-python source distribution that vendors the reference llama.cpp.
 pub const LLAMA_CPP_PYTHON: &str = "llama-cpp-python==0.3.36";
 
