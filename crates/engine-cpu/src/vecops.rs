@@ -3,9 +3,10 @@
 
 use half::f16;
 
+/// Whether this CPU has AVX2, FMA and F16C (what the x86 kernels here need).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
         && std::is_x86_feature_detected!("f16c")

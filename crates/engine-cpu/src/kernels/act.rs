@@ -90,9 +90,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     pub fn available() -> bool {
-        std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
+        crate::vecops::has_avx2()
     }
 
     #[inline(always)]

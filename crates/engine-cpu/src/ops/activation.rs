@@ -56,13 +56,12 @@ pub fn glu_row(act: Activation, gate: &mut [f32], up: &[f32]) {
         Activation::GeluTanh => {
             let t = gelu_table();
             #[cfg(target_arch = "x86_64")]
-            let done =
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
-                    // SAFETY: the features were just detected; the table has the padding entry.
-                    unsafe { x86::gelu_mul(gate, up, t) }
-                } else {
-                    0
-                };
+            let done = if crate::vecops::has_avx2() {
+                // SAFETY: the features were just detected; the table has the padding entry.
+                unsafe { x86::gelu_mul(gate, up, t) }
+            } else {
+                0
+            };
             #[cfg(not(target_arch = "x86_64"))]
             let done = 0;
             for (g, &u) in gate[done..].iter_mut().zip(&up[done..]) {
