@@ -148,7 +148,7 @@ fn many_row_routines_are_bit_identical_to_their_pair_routine() {
         let kern = kernels::kernel(t, isa).unwrap();
         // float rows may be any length: one length of whole blocks, one with a tail
         let lengths: &[usize] = match t.block_size() {
-            1 => &[96, 100],
+            1 => &[96, 100, 4200],
             b if b >= 256 => &[512],
             _ => &[96],
         };

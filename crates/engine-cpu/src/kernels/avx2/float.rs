@@ -4,17 +4,21 @@
 //! ggml's float `vec_dot` keeps `CHAINS` independent 8-lane accumulators: chain `j` sums the
 //! products of the elements `8j..8j+8` of every block of `8 * CHAINS`, in order, and only the
 //! final reduction combines them. Because the chains never meet before that reduction, each
-//! one can be computed in a pass of its own. A register tile then needs one accumulator per
-//! (row, column) pair instead of `CHAINS`, so it can be 2 × 4 (eight FMAs per six loads)
-//! where the block driver of [`super::tile`] fits only one row by a few columns, and the
-//! activations are converted to f32 once per call instead of once per tile.
+//! one can be computed on its own, and its elements can be laid out back to back first:
+//! the activations are converted to f32 once per call with every row *chain-major* (chain
+//! 0's elements, then chain 1's, ..., then the tail), and the weights a few rows at a time
+//! into a small panel the same way. A chain is then a plain contiguous dot product, so a
+//! register tile needs one accumulator per (row, column) pair and no load is wasted.
 //!
-//! Blocking: the activation columns are taken in blocks that stay in the L2 cache
-//! (`COL_BLOCK_BYTES`); for each block, every pair of weight rows is converted to f32 into a
-//! small panel and passes over it. (On the Zen 1 reference machine this runs at about
-//! 12.5 G multiply-adds/s per core, at or above the 10.8–11.4 G a C loop of register-only
-//! 256-bit FMAs reached there; 3 × 3, 3 × 4, 4 × 2 and 4 × 3 tiles were none faster on both
-//! the 64-column and the 4-column bench.)
+//! Blocking, for the caches:
+//! * the activation columns are taken in blocks that stay in the L2 cache
+//!   (`COL_BLOCK_BYTES`);
+//! * for each block, `TILE_R` weight rows at a time are converted into the panel, one
+//!   segment of one chain at a time (at most `SEG` elements per row, so the panel stays in
+//!   the L1 cache while every column of the block passes over it);
+//! * a `TILE_R` × `TILE_C` register tile (4 × 3: twelve FMAs per seven loads, three of them
+//!   from the L2 cache) runs over a segment, its accumulators carried from one segment of
+//!   a chain to the next in a small buffer (a store and a reload are exact).
 
 #![allow(clippy::too_many_arguments)] // kernel signatures: matrix sizes, pointers, strides
 
@@ -73,38 +77,67 @@ impl FloatFormat for F32 {
 
 /// Rows and columns of a full register tile (the row dispatch in [`gemm`] and the column
 /// edges in [`row_group`] cover these sizes).
-const TILE_R: usize = 2;
-const TILE_C: usize = 4;
+const TILE_R: usize = 4;
+const TILE_C: usize = 3;
+/// Most elements of one chain of one row in the panel at a time (4 rows: 16 KiB).
+const SEG: usize = 1024;
 /// Bytes of f32 activations kept in cache while the weight rows pass over them.
-const COL_BLOCK_BYTES: usize = 96 * 1024;
+const COL_BLOCK_BYTES: usize = 192 * 1024;
 
 thread_local! {
     /// Per-thread f32 copies of the activation columns and of one group of weight rows,
-    /// reused between calls.
+    /// and the tiles' accumulators between segments, reused between calls.
     static ACTS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static ACCS: RefCell<Vec<[f32; 8]>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The thread's buffer in `cell`, at least `len` long. Only sizes it: a closure does not
 /// inherit the caller's target features, so it must not do the arithmetic.
-fn buffer(cell: &'static std::thread::LocalKey<RefCell<Vec<f32>>>, len: usize) -> *mut f32 {
+fn buffer<T: Copy + Default>(
+    cell: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
+    len: usize,
+) -> *mut T {
     cell.with(|cell| {
         let mut v = cell.borrow_mut();
         if v.len() < len {
-            v.resize(len, 0.0);
+            v.resize(len, T::default());
         }
         v.as_mut_ptr()
     })
 }
 
-/// `k` elements at `src` to f32 at `dst` (exact: f16 and f32 both convert without rounding).
+/// Where the pair routine reads element `p` of chain `j` (`step = 8 * CHAINS`).
 #[inline(always)]
-unsafe fn to_f32<E: FloatFormat>(src: *const u8, dst: *mut f32, k: usize) {
-    let body = k - k % 8;
-    for i in (0..body).step_by(8) {
-        _mm256_storeu_ps(dst.add(i), E::load8(src.add(i * E::BYTES)));
+fn chain_index(p: usize, j: usize, step: usize) -> usize {
+    p / 8 * step + 8 * j + p % 8
+}
+
+/// `n` elements (a multiple of 8) of chain `j` from element `p0` on, of the row at `src`,
+/// to f32 at `dst` (exact: f16 and f32 both convert without rounding).
+#[inline(always)]
+unsafe fn chain_to_f32<E: FloatFormat>(
+    src: *const u8,
+    j: usize,
+    p0: usize,
+    n: usize,
+    dst: *mut f32,
+) {
+    let step = 8 * E::CHAINS;
+    for q in (0..n).step_by(8) {
+        let i = chain_index(p0 + q, j, step);
+        _mm256_storeu_ps(dst.add(q), E::load8(src.add(i * E::BYTES)));
     }
-    for i in body..k {
+}
+
+/// The `k` elements of the row at `src` as f32 at `dst`, chain-major: every chain's
+/// elements back to back (`len` each), then the tail past the last whole block.
+#[inline(always)]
+unsafe fn row_to_chains<E: FloatFormat>(src: *const u8, k: usize, len: usize, dst: *mut f32) {
+    for j in 0..E::CHAINS {
+        chain_to_f32::<E>(src, j, 0, len, dst.add(j * len));
+    }
+    for i in E::CHAINS * len..k {
         *dst.add(i) = E::load1(src.add(i * E::BYTES));
     }
 }
@@ -128,103 +161,139 @@ pub(crate) unsafe fn gemm<E: FloatFormat>(
 ) {
     debug_assert!(w.len() >= nr * k * E::BYTES);
     debug_assert!(nc == 0 || a.len() >= (nc - 1) * a_row + k * E::BYTES);
+    let body = k - k % (8 * E::CHAINS);
+    let len = body / E::CHAINS;
+    let seg = SEG.min(len);
+    let block_cols = (COL_BLOCK_BYTES / (4 * k.max(1))).max(TILE_C) / TILE_C * TILE_C;
     // SAFETY of the buffers' use below: only this function touches this thread's buffers,
     // and it does not call itself, so they are neither resized nor shared while in use.
-    let acts = buffer(&ACTS, nc * k);
-    let panel = buffer(&PANEL, TILE_R * k);
+    // Row strides one cache line past a whole number of lines, so that the rows of a tile
+    // (whose lengths are often multiples of 4 KiB) do not all fall in the same L1 set.
+    let (a_stride, w_stride) = (k.next_multiple_of(16) + 16, seg + 16);
+    let acts = buffer(&ACTS, nc * a_stride);
+    let panel = buffer(&PANEL, TILE_R * w_stride);
+    let accs = buffer(&ACCS, block_cols.min(nc) * TILE_R * E::CHAINS) as *mut f32;
     for c in 0..nc {
-        to_f32::<E>(a.as_ptr().add(c * a_row), acts.add(c * k), k);
+        row_to_chains::<E>(a.as_ptr().add(c * a_row), k, len, acts.add(c * a_stride));
     }
     let w_row = k * E::BYTES;
-    let block_cols = (COL_BLOCK_BYTES / (4 * k.max(1))).max(TILE_C) / TILE_C * TILE_C;
     let mut c0 = 0;
     while c0 < nc {
         let cb = block_cols.min(nc - c0);
-        let mut r = 0;
-        while r < nr {
-            let rows = TILE_R.min(nr - r);
-            for i in 0..rows {
-                to_f32::<E>(w.as_ptr().add((r + i) * w_row), panel.add(i * k), k);
+        let block = acts.add(c0 * a_stride);
+        let mut r0 = 0;
+        while r0 < nr {
+            let rows = TILE_R.min(nr - r0);
+            let wr = w.as_ptr().add(r0 * w_row);
+            for j in 0..E::CHAINS {
+                let mut p0 = 0;
+                while p0 < len {
+                    let n = seg.min(len - p0);
+                    for i in 0..rows {
+                        chain_to_f32::<E>(wr.add(i * w_row), j, p0, n, panel.add(i * w_stride));
+                    }
+                    let a_seg = block.add(j * len + p0);
+                    let acc = accs.add(8 * j);
+                    let first = p0 == 0;
+                    match rows {
+                        4 => row_group::<E, 4>(n, panel, w_stride, a_seg, a_stride, cb, acc, first),
+                        3 => row_group::<E, 3>(n, panel, w_stride, a_seg, a_stride, cb, acc, first),
+                        2 => row_group::<E, 2>(n, panel, w_stride, a_seg, a_stride, cb, acc, first),
+                        _ => row_group::<E, 1>(n, panel, w_stride, a_seg, a_stride, cb, acc, first),
+                    }
+                    p0 += n;
+                }
             }
-            let ac = acts.add(c0 * k);
-            let o = out.add(c0 * ldo + r);
-            match rows {
-                2 => row_group::<E, 2>(k, panel, ac, cb, o, ldo),
-                _ => row_group::<E, 1>(k, panel, ac, cb, o, ldo),
+            for c in 0..cb {
+                let ac = block.add(c * a_stride);
+                for i in 0..rows {
+                    let mut chains = [_mm256_setzero_ps(); 4];
+                    if len > 0 {
+                        let acc = accs.add(8 * (c * TILE_R + i) * E::CHAINS);
+                        for (j, ch) in chains.iter_mut().enumerate().take(E::CHAINS) {
+                            *ch = _mm256_loadu_ps(acc.add(8 * j));
+                        }
+                    }
+                    let mut s = E::reduce(&chains);
+                    let wi = wr.add(i * w_row);
+                    for t in body..k {
+                        s += E::load1(wi.add(t * E::BYTES)) * *ac.add(t);
+                    }
+                    *out.add((c0 + c) * ldo + r0 + i) = s;
+                }
             }
-            r += rows;
+            r0 += rows;
         }
         c0 += cb;
     }
 }
 
-/// `R` f32 weight rows (`k` apart) against `nc` f32 activation columns (`k` apart), in
-/// tiles of `TILE_C` columns.
+/// `R` panel rows (`w_stride` apart) against `nc` activation columns (`a_stride` apart),
+/// `n` elements of one chain, in tiles of `TILE_C` columns. The accumulator of row `r`,
+/// column `c` is the eight f32 at `acc + 8 * (c * TILE_R + r) * CHAINS`; `first` starts it from zero.
 #[inline(always)]
 unsafe fn row_group<E: FloatFormat, const R: usize>(
-    k: usize,
+    n: usize,
     w: *const f32,
+    w_stride: usize,
     acts: *const f32,
+    a_stride: usize,
     nc: usize,
-    out: *mut f32,
-    ldo: usize,
+    acc: *mut f32,
+    first: bool,
 ) {
+    let tile_acc = |c: usize| acc.add(8 * c * TILE_R * E::CHAINS);
     let mut c = 0;
     while c + TILE_C <= nc {
-        tile::<E, R, TILE_C>(k, w, acts.add(c * k), out.add(c * ldo), ldo);
+        let ac = acts.add(c * a_stride);
+        tile::<E, R, TILE_C>(n, w, w_stride, ac, a_stride, tile_acc(c), first);
         c += TILE_C;
     }
-    let (ac, oc) = (acts.add(c * k), out.add(c * ldo));
+    let ac = acts.add(c * a_stride);
     match nc - c {
         0 => {}
-        1 => tile::<E, R, 1>(k, w, ac, oc, ldo),
-        2 => tile::<E, R, 2>(k, w, ac, oc, ldo),
-        _ => tile::<E, R, 3>(k, w, ac, oc, ldo),
+        1 => tile::<E, R, 1>(n, w, w_stride, ac, a_stride, tile_acc(c), first),
+        _ => tile::<E, R, 2>(n, w, w_stride, ac, a_stride, tile_acc(c), first),
     }
 }
 
-/// An `R` × `C` tile of f32 rows and columns (both `k` apart): each of the pair routine's
-/// chains in a pass of its own, then its reduction and its element-by-element tail.
+/// An `R` × `C` tile over `n` contiguous elements of one chain: row `r`'s elements at
+/// `w + r * w_stride`, column `c`'s at `acts + c * a_stride`; the accumulators as in
+/// [`row_group`].
 #[inline(always)]
 unsafe fn tile<E: FloatFormat, const R: usize, const C: usize>(
-    k: usize,
+    n: usize,
     w: *const f32,
+    w_stride: usize,
     acts: *const f32,
-    out: *mut f32,
-    ldo: usize,
+    a_stride: usize,
+    acc: *mut f32,
+    first: bool,
 ) {
-    let step = 8 * E::CHAINS;
-    let body = k - k % step;
-    let mut chains = [[[_mm256_setzero_ps(); 4]; C]; R];
-    for j in 0..E::CHAINS {
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
-        let mut i = 8 * j;
-        while i < body {
-            let mut av = [_mm256_setzero_ps(); C];
-            for (c, v) in av.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(acts.add(c * k + i));
-            }
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let wv = _mm256_loadu_ps(w.add(r * k + i));
-                for (acc_rc, a) in acc_r.iter_mut().zip(av.iter()) {
-                    *acc_rc = _mm256_fmadd_ps(wv, *a, *acc_rc);
-                }
-            }
-            i += step;
-        }
-        for (ch_r, acc_r) in chains.iter_mut().zip(acc.iter()) {
-            for (ch_rc, acc_rc) in ch_r.iter_mut().zip(acc_r.iter()) {
-                ch_rc[j] = *acc_rc;
+    let slot = |r: usize, c: usize| acc.add(8 * (c * TILE_R + r) * E::CHAINS);
+    let mut sum = [[_mm256_setzero_ps(); C]; R];
+    if !first {
+        for (r, sum_r) in sum.iter_mut().enumerate() {
+            for (c, s) in sum_r.iter_mut().enumerate() {
+                *s = _mm256_loadu_ps(slot(r, c));
             }
         }
     }
-    for (r, ch_r) in chains.iter().enumerate() {
-        for (c, ch_rc) in ch_r.iter().enumerate() {
-            let mut s = E::reduce(ch_rc);
-            for i in body..k {
-                s += *w.add(r * k + i) * *acts.add(c * k + i);
+    for i in (0..n).step_by(8) {
+        let mut av = [_mm256_setzero_ps(); C];
+        for (c, v) in av.iter_mut().enumerate() {
+            *v = _mm256_loadu_ps(acts.add(c * a_stride + i));
+        }
+        for (r, sum_r) in sum.iter_mut().enumerate() {
+            let wv = _mm256_loadu_ps(w.add(r * w_stride + i));
+            for (s, a) in sum_r.iter_mut().zip(av.iter()) {
+                *s = _mm256_fmadd_ps(wv, *a, *s);
             }
-            *out.add(c * ldo + r) = s;
+        }
+    }
+    for (r, sum_r) in sum.iter().enumerate() {
+        for (c, s) in sum_r.iter().enumerate() {
+            _mm256_storeu_ps(slot(r, c), *s);
         }
     }
 }
