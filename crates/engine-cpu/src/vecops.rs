@@ -701,9 +701,12 @@ mod x86 {
         for r in (0..r8).step_by(8) {
             for c in (0..c8).step_by(8) {
                 // eight rows of eight values, then an 8x8 transpose in registers
-                let v: [__m256; 8] = std::array::from_fn(|i| {
-                    _mm256_cvtph_ps(_mm_loadu_si128(px.add((r + i) * ldx + c) as *const __m128i))
-                });
+                // (a loop, not `from_fn`: a closure does not inherit the target features)
+                let mut v = [_mm256_setzero_ps(); 8];
+                for (i, v) in v.iter_mut().enumerate() {
+                    let p = px.add((r + i) * ldx + c) as *const __m128i;
+                    *v = _mm256_cvtph_ps(_mm_loadu_si128(p));
+                }
                 let t0 = _mm256_unpacklo_ps(v[0], v[1]);
                 let t1 = _mm256_unpackhi_ps(v[0], v[1]);
                 let t2 = _mm256_unpacklo_ps(v[2], v[3]);

@@ -101,7 +101,12 @@ mod x86 {
     #[inline(always)]
     unsafe fn abs_max(v: [__m256; 4]) -> f32 {
         let sign = _mm256_set1_ps(-0.0);
-        let a = v.map(|x| _mm256_andnot_ps(sign, x));
+        // (loops, not `map`: a closure does not inherit the target features, and the
+        // intrinsics in it would be calls)
+        let mut a = v;
+        for x in a.iter_mut() {
+            *x = _mm256_andnot_ps(sign, *x);
+        }
         let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
         let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -113,12 +118,13 @@ mod x86 {
     #[inline(always)]
     unsafe fn round_pack(v: [__m256; 4], id: f32, out: *mut u8) {
         let m = _mm256_set1_ps(id);
-        let i = v.map(|x| {
-            _mm256_cvtps_epi32(_mm256_round_ps(
+        let mut i = [_mm256_setzero_si256(); 4];
+        for (i, x) in i.iter_mut().zip(v) {
+            *i = _mm256_cvtps_epi32(_mm256_round_ps(
                 _mm256_mul_ps(x, m),
                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-            ))
-        });
+            ));
+        }
         // packs interleave 128-bit lanes; the permute restores element order
         let a = _mm256_packs_epi32(i[0], i[1]);
         let b = _mm256_packs_epi32(i[2], i[3]);
@@ -144,7 +150,11 @@ mod x86 {
 
     #[inline(always)]
     unsafe fn load4(p: *const f32) -> [__m256; 4] {
-        [0, 8, 16, 24].map(|o| _mm256_loadu_ps(p.add(o)))
+        let mut v = [_mm256_setzero_ps(); 4];
+        for (j, v) in v.iter_mut().enumerate() {
+            *v = _mm256_loadu_ps(p.add(8 * j));
+        }
+        v
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

@@ -1024,7 +1024,11 @@ impl BlockDot for F32 {
     #[inline(always)]
     unsafe fn unpack(x: *const u8) -> [__m256; 4] {
         let p = x as *const f32;
-        [0, 8, 16, 24].map(|o| _mm256_loadu_ps(p.add(o)))
+        let mut v = [_mm256_setzero_ps(); 4];
+        for (j, v) in v.iter_mut().enumerate() {
+            *v = _mm256_loadu_ps(p.add(8 * j));
+        }
+        v
     }
     #[inline(always)]
     unsafe fn load(y: *const u8) -> [__m256; 4] {
@@ -1060,7 +1064,11 @@ impl BlockDot for F16 {
     type Acc = [__m256; 2];
     #[inline(always)]
     unsafe fn unpack(x: *const u8) -> [__m256; 2] {
-        [0, 16].map(|o| _mm256_cvtph_ps(_mm_loadu_si128(x.add(o) as *const __m128i)))
+        let mut v = [_mm256_setzero_ps(); 2];
+        for (j, v) in v.iter_mut().enumerate() {
+            *v = _mm256_cvtph_ps(_mm_loadu_si128(x.add(16 * j) as *const __m128i));
+        }
+        v
     }
     #[inline(always)]
     unsafe fn load(y: *const u8) -> [__m256; 2] {
