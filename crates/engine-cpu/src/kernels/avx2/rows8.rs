@@ -9,8 +9,7 @@
 //! same arithmetic for one pair). Here the weights keep their file layout: a block of eight
 //! rows is transposed in registers (four 4×4 dword transposes) into four vectors, vector `j`
 //! holding code bytes `4j..4j+4` of every row, and the activation bytes they meet are
-//! broadcast to every lane. The unpacked block is used for up to eight columns (six for
-//! IQ4_NL, whose sums take a `vpmaddwd` each); for Q4_0,
+//! broadcast to every lane. The unpacked block is used for up to eight columns; for Q4_0,
 //! whose values are at most 8 in magnitude, the eight `vpmaddubsw` results of a block are
 //! added in 16 bits before a single `vpmaddwd` (at most 16 · 8 · 127 = 16256).
 //!
@@ -30,8 +29,9 @@ use engine_core::quant::nonlinear::KVALUES_IQ4NL;
 pub(crate) trait Nibbles: Codes32 {
     /// Whether eight `vpmaddubsw` results of one block fit 16 bits (|value| <= 8).
     const SUM16: bool;
-    /// Columns per register tile, at most 8 (the fastest on a Zen 1 core, criterion
-    /// `gemm/avx2/*`: 8 for Q4_0, 6 for IQ4_NL).
+    /// Columns per register tile, at most 8. Criterion `gemm/avx2/*`: 8 for Q4_0 on Zen 1
+    /// and Zen 3; for IQ4_NL 6 was the fastest on Zen 1, 8 is on Zen 3 (+11% over 6, median
+    /// of three alternations), where the machines this is tuned on now run.
     const COLS: usize;
     /// The signed values of nibble codes (0..=15, one per byte).
     unsafe fn values(codes: __m256i) -> __m256i;
@@ -48,7 +48,7 @@ impl Nibbles for Q4_0 {
 
 impl Nibbles for Iq4Nl {
     const SUM16: bool = false;
-    const COLS: usize = 6;
+    const COLS: usize = 8;
     #[inline(always)]
     unsafe fn values(codes: __m256i) -> __m256i {
         let t = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
