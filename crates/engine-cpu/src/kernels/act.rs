@@ -21,9 +21,7 @@ pub fn quantize_row(act: DType, src: &[f32], dst: &mut [u8]) {
                 // SAFETY: features checked; `dst` holds two bytes per value.
                 return unsafe { x86::f16(src, dst) };
             }
-            for (v, c) in src.iter().zip(dst.chunks_exact_mut(2)) {
-                c.copy_from_slice(&f16::from_f32(*v).to_bits().to_le_bytes());
-            }
+            f16_row(src, dst)
         }
         DType::BF16 => {
             for (v, c) in src.iter().zip(dst.chunks_exact_mut(2)) {
@@ -52,6 +50,13 @@ pub fn quantize_row(act: DType, src: &[f32], dst: &mut [u8]) {
 }
 
 #[inline(always)]
+/// `src` as little-endian f16 (round to nearest even).
+fn f16_row(src: &[f32], dst: &mut [u8]) {
+    for (v, c) in src.iter().zip(dst.chunks_exact_mut(2)) {
+        c.copy_from_slice(&f16::from_f32(*v).to_bits().to_le_bytes());
+    }
+}
+
 fn amax(x: &[f32]) -> f32 {
     x.iter().fold(0.0f32, |a, v| a.max(v.abs()))
 }
@@ -133,7 +138,7 @@ mod x86 {
         _mm256_storeu_si256(out as *mut __m256i, q);
     }
 
-    /// `src` as f16 (round to nearest even, as `half::f16::from_f32`), eight at a time.
+    /// `src` as f16 (round to nearest even, as [`super::f16_row`]), eight at a time.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn f16(src: &[f32], dst: &mut [u8]) {
         assert!(dst.len() >= 2 * src.len());
@@ -143,9 +148,7 @@ mod x86 {
             let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(s.add(i)));
             _mm_storeu_si128(d.add(2 * i) as *mut __m128i, h);
         }
-        for (v, c) in src[body..].iter().zip(dst[2 * body..].chunks_exact_mut(2)) {
-            c.copy_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes());
-        }
+        super::f16_row(&src[body..], &mut dst[2 * body..]);
     }
 
     #[inline(always)]
@@ -290,9 +293,7 @@ mod tests {
         let (mut a, mut b) = (vec![0u8; 2 * x.len()], vec![0u8; 2 * x.len()]);
         // SAFETY: features checked above; two bytes per value.
         unsafe { super::x86::f16(&x, &mut a) };
-        for (v, c) in x.iter().zip(b.chunks_exact_mut(2)) {
-            c.copy_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes());
-        }
+        super::f16_row(&x, &mut b);
         assert_eq!(a, b);
     }
 }

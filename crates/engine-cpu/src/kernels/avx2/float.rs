@@ -230,7 +230,8 @@ pub(crate) unsafe fn gemm<E: FloatFormat>(
 
 /// `R` panel rows (`w_stride` apart) against `nc` activation columns (`a_stride` apart),
 /// `n` elements of one chain, in tiles of `TILE_C` columns. The accumulator of row `r`,
-/// column `c` is the eight f32 at `acc + 8 * (c * TILE_R + r) * CHAINS`; `first` starts it from zero.
+/// column `c` is the eight f32 at `acc + 8 * (c * TILE_R + r) * CHAINS`; `first` starts it
+/// from zero.
 #[inline(always)]
 unsafe fn row_group<E: FloatFormat, const R: usize>(
     n: usize,
