@@ -51,18 +51,6 @@ fn close_within(what: &str, got: &[f32], want: &[f32], rel: f32) {
     }
 }
 
-/// Offsets of the f16 scale fields in a block, set to sane values in random blocks.
-fn scale_fields(dt: DType) -> &'static [usize] {
-    match dt {
-        DType::Q4_0 | DType::Q8_0 | DType::IQ4_NL | DType::Q5_0 | DType::IQ4_XS => &[0],
-        DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
-        DType::Q2_K => &[80, 82],
-        DType::Q3_K => &[108],
-        DType::Q6_K => &[208],
-        _ => &[],
-    }
-}
-
 impl Pair {
     fn vals(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| self.rng.gen_range(-1.0f32..1.0)).collect()
@@ -114,7 +102,7 @@ impl Pair {
                     if dt == DType::MXFP4 {
                         blk[0] = 120 + (blk[0] % 8);
                     }
-                    for &o in scale_fields(dt) {
+                    for &o in engine_testdata::f16_scale_fields(dt) {
                         let s = half::f16::from_f32(self.rng.gen_range(0.001f32..0.02));
                         blk[o..o + 2].copy_from_slice(&s.to_le_bytes());
                     }
